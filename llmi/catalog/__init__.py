@@ -1,0 +1,1 @@
+"""Finding and understanding model folders, without importing torch."""

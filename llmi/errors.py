@@ -1,0 +1,80 @@
+"""Typed errors and the one OpenAI-shaped error envelope.
+
+Services raise these; one table (``status``) decides the HTTP status, so no handler
+invents its own shape. 5xx messages never carry internals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LlmiError(Exception):
+    """Base of every error a client may see."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, param=self.param, code=self.code)
+
+
+class BadRequest(LlmiError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class NotFound(LlmiError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model '{model}' does not exist.", param="model")
+
+
+class PayloadTooLarge(LlmiError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class Unavailable(LlmiError):
+    """The model is not ready (loading, or no room in time); clients should retry."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "model_not_ready"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class TooManyRequests(Unavailable):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+
+class UpstreamFailed(LlmiError):
+    status = 502
+    type = "server_error"
+    code = "upstream_failed"
+
+
+def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """The envelope OpenAI's clients parse: ``{"error": {message, type, param, code}}``."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

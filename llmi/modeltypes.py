@@ -1,0 +1,28 @@
+"""The five kinds of model llmi serves, and which endpoints each answers."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ModelType(StrEnum):
+    CHAT = "chat"
+    EMBEDDING = "embedding"
+    RERANKER = "reranker"
+    VISION = "vision"
+    MULTIMODAL = "multimodal"
+
+
+ENDPOINTS: dict[ModelType, tuple[str, ...]] = {
+    ModelType.CHAT: ("/v1/chat/completions", "/v1/completions"),
+    ModelType.EMBEDDING: ("/v1/embeddings",),
+    ModelType.RERANKER: ("/v1/rerank",),
+    ModelType.VISION: ("/v1/vision/encode", "/v1/vision/similarity"),
+    # A CLIP-style model also answers the vision endpoints with its image tower.
+    ModelType.MULTIMODAL: (
+        "/v1/multimodal/encode",
+        "/v1/multimodal/match",
+        "/v1/vision/encode",
+        "/v1/vision/similarity",
+    ),
+}

@@ -1,0 +1,32 @@
+"""/v1/embeddings (OpenAI shape)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
+
+from llmi.protocol.common import PositiveInt, Request
+
+EmbedText = Annotated[str, StringConstraints(min_length=1)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+class EmbeddingRequest(Request):
+    input: (
+        EmbedText
+        | Annotated[list[EmbedText], Field(min_length=1)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1)]
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: PositiveInt | None = None
+    user: str | None = None
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        """Always a list: of texts, or of token-id lists."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if self.input and isinstance(self.input[0], int):
+            return [list(self.input)]  # type: ignore[arg-type]
+        return list(self.input)  # type: ignore[arg-type]

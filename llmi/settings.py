@@ -1,0 +1,65 @@
+"""One settings object for every component.
+
+Environment variables keep the names and meanings of the original single-server tool
+(``LLM_*``); nothing else in llmi reads ``os.environ`` for configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Configuration from ``LLM_*`` environment variables (and a ``.env`` file if present)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLM_", env_file=".env", extra="ignore")
+
+    models_dir: Path = Field(Path("models"), description="Folder holding one sub-folder per model.")
+    host: str = Field("0.0.0.0", description="Address the server listens on.")
+    port: int = Field(15530, ge=0, le=65535, description="Port the server listens on.")
+    log_level: str = Field("INFO", description="Python logging level name.")
+
+    # GPU budget (kept from the original tool).
+    gpu_memory_utilization: float = Field(
+        0.8, gt=0, le=1, description="Fraction of the GPU memory budget llmi may plan with."
+    )
+    available_gpu_memory_gb: float = Field(8.0, gt=0, description="GPU memory budget in GB (GiB).")
+    enable_gpu_memory_offload: bool = Field(
+        True, description="Place models above the offload threshold on GPU+CPU instead of GPU only."
+    )
+    gpu_memory_offload_threshold_gb: float = Field(
+        4.0, gt=0, description="Models whose estimate exceeds this many GB are offloaded."
+    )
+    cuda_visible_devices: str | None = Field(None, description="Passed to runtimes as CUDA_VISIBLE_DEVICES.")
+
+    # vLLM settings (kept from the original tool; used by the vLLM engine).
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size.")
+    vllm_dtype: str = Field("auto", description="vLLM dtype.")
+    vllm_max_model_len: int = Field(16384, ge=16, description="Context length for chat models (tokens).")
+
+    # Model management (kept from the original tool).
+    auto_unload_models: bool = Field(True, description="Unload idle models after their idle timeout.")
+    model_cache_size: int = Field(1, ge=1, description="Loaded models kept per model type.")
+
+    # Request limits: why they exist is that a local server must survive hostile input.
+    max_request_bytes: int = Field(
+        64 * MIB, ge=1024, description="Largest request body accepted (bytes); larger gets 413."
+    )
+    max_image_bytes: int = Field(20 * MIB, ge=1, description="Largest decoded image file (bytes).")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest image (width x height); larger ones are refused as bombs."
+    )
+    max_images_per_request: int = Field(64, ge=1, description="Most images in one request.")
+    max_batch_inputs: int = Field(2048, ge=1, description="Most inputs/documents/texts in one request.")
+    max_input_chars: int = Field(
+        1_000_000, ge=1, description="Longest single text input (characters) before tokenization."
+    )
+    default_max_tokens: int = Field(4096, ge=1, description="Tokens generated when a chat request sets no max_tokens.")
+    max_concurrent_sequences: int = Field(
+        64, ge=1, description="Chat generations interleaved at once in one runtime; more wait in line."
+    )

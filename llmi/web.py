@@ -1,0 +1,167 @@
+"""HTTP plumbing shared by the router and the runtime: strict body parsing, the body-size
+limit, and exception handlers that turn every failure into the OpenAI error envelope."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmi.errors import BadRequest, LlmiError, PayloadTooLarge, Unavailable, error_body
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error"}
+
+
+def describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:
+    """A one-line message and the offending parameter, from pydantic's first error."""
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return f"Request body is not valid JSON: {first['msg']}", None
+    if first["type"] == "model_type" and not first["loc"]:
+        return "Request body must be a JSON object.", None
+    # Union branches add their type names to ``loc``; keep only real field names and indexes.
+    parts = [str(p) for p in first["loc"] if isinstance(p, int) or not _is_type_tag(str(p))]
+    param = ".".join(parts) or None
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "Unrecognized request argument supplied"
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return (f"{param}: {msg}{more}" if param else f"{msg}{more}"), param
+
+
+def _is_type_tag(part: str) -> bool:
+    return (
+        part in {"str", "int", "float", "bool", "list", "dict", "none"}
+        or any(c in part for c in "[]()")
+        or part.startswith(("list[", "constrained-", "function-"))
+        or part[:1].isupper()
+    )
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Read and validate the JSON body strictly; every failure is a 400 with the field named."""
+    body = await request.body()
+    if not body.strip():
+        raise BadRequest("Request body is empty; expected a JSON object.")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        message, param = describe_validation_error(exc)
+        raise BadRequest(message, param=param) from None
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over ``limit`` bytes with 413, by header or by counting the stream,
+    so a huge upload is never buffered whole."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.limit or declared < 0:
+                    await _send_json(send, *self._too_large())
+                    return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise PayloadTooLarge(self._message())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"Request body exceeds the limit of {self.limit} bytes (LLM_MAX_REQUEST_BYTES)."
+
+    def _too_large(self) -> tuple[int, dict[str, Any]]:
+        return 413, PayloadTooLarge(self._message()).body()
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def error_response(exc: LlmiError) -> JSONResponse:
+    headers = {}
+    if isinstance(exc, Unavailable):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as the OpenAI envelope; 5xx bodies never carry internals."""
+
+    async def on_llmi(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, LlmiError)
+        if exc.status >= 500:
+            log.warning("request failed: %s", exc.message)
+        return error_response(exc)
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        message = "Not found." if exc.status_code == 404 else str(exc.detail)
+        type_ = _HTTP_TYPES.get(exc.status_code, "invalid_request_error")
+        return JSONResponse(
+            error_body(message, type_, code=str(exc.status_code)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse(error_body(str(exc.errors()[:1]), "invalid_request_error"), status_code=400)
+
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return JSONResponse(error_body("Internal server error.", "server_error"), status_code=500)
+
+    app.add_exception_handler(LlmiError, on_llmi)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def sse_event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"

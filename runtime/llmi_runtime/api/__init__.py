@@ -1,0 +1,1 @@
+"""HTTP routes of the runtime, one module per API family."""

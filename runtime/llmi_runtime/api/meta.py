@@ -1,0 +1,61 @@
+"""/v1/models, health, readiness and metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from llmi_runtime.api.deps import state_of
+from llmi_runtime.state import Phase
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    state = state_of(request)
+    info = state.engine.info() if state.engine is not None else {}
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "id": state.name,
+                    "object": "model",
+                    "created": state.created,
+                    "owned_by": "llmi",
+                    "type": state.model_type.value,
+                    "state": state.phase.value,
+                    "memory_bytes": info.get("memory_bytes"),
+                    "placement": info.get("placement"),
+                }
+            ],
+        }
+    )
+
+
+@router.get("/v1/health")
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse(state_of(request).health())
+
+
+@router.get("/healthz")
+async def healthz() -> JSONResponse:
+    """Liveness: the process answers. A loading model is alive."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: 200 only once the model is loaded."""
+    state = state_of(request)
+    body = {"status": state.phase.value, "model": state.name}
+    if state.error:
+        body["error"] = state.error
+    return JSONResponse(body, status_code=200 if state.phase is Phase.READY else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(state_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

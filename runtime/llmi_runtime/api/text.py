@@ -1,0 +1,216 @@
+"""/v1/chat/completions and /v1/completions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from llmi.errors import BadRequest, LlmiError
+from llmi.protocol.chat import ChatCompletionRequest, CompletionRequest, SamplingFields
+from llmi.web import SSE_DONE, parse_body, sse_event
+from llmi_runtime.api.deps import new_id, now, state_of, usage
+from llmi_runtime.engines.chat import ChatEngine, Delta, SamplingParams
+from llmi_runtime.state import RuntimeState
+
+router = APIRouter()
+log = logging.getLogger("llmi.runtime")
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+
+
+def sampling(engine: ChatEngine, req: SamplingFields, limit: int, prompt_len: int, default_max: int) -> SamplingParams:
+    defaults = engine.defaults()
+    return SamplingParams(
+        max_tokens=engine.token_budget(prompt_len, limit if limit else None, default_max),
+        temperature=req.temperature if req.temperature is not None else float(defaults.get("temperature", 1.0)),
+        top_p=req.top_p if req.top_p is not None else float(defaults.get("top_p", 1.0)),
+        top_k=max(0, req.top_k if req.top_k is not None else int(defaults.get("top_k", 0))),
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        logit_bias=engine.check_logit_bias(req.logit_bias),
+        seed=req.seed,
+        stop=tuple(req.stop_list()),
+    )
+
+
+@router.post(CHAT)
+async def chat_completions(request: Request) -> Response:
+    state = state_of(request)
+    req = await parse_body(request, ChatCompletionRequest)
+    engine: ChatEngine = state.engine_for(req.model, CHAT)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+    prompt = await state.worker.run(lambda: engine.chat_prompt(messages))
+    params = sampling(engine, req, req.token_limit() or 0, len(prompt), state.settings.default_max_tokens)
+    cid, created = new_id("chatcmpl"), now()
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        body = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": req.model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if include_usage:
+            body["usage"] = None
+        return body
+
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    if req.stream:
+        return _sse(
+            _stream_events(
+                state,
+                prompt,
+                params,
+                include_usage,
+                first=lambda: chunk({"role": "assistant", "content": ""}, None),
+                piece=lambda d: chunk({"content": d.text}, None) if d.text else None,
+                last=lambda d: chunk({}, d.finish_reason),
+                usage_chunk=lambda u: {**chunk({}, None), "choices": [], "usage": u},
+            )
+        )
+    text, last = await _collect(state, prompt, params)
+    state.metrics.prompt_tokens.labels(CHAT).inc(len(prompt))
+    return JSONResponse(
+        {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": req.model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": last.finish_reason,
+                }
+            ],
+            "usage": usage(len(prompt), last.completion_tokens),
+        }
+    )
+
+
+@router.post(COMPLETIONS)
+async def completions(request: Request) -> Response:
+    state = state_of(request)
+    req = await parse_body(request, CompletionRequest)
+    engine: ChatEngine = state.engine_for(req.model, COMPLETIONS)
+    prompts: list[Any] = (
+        [req.prompt] if isinstance(req.prompt, str) or isinstance(req.prompt[0], int) else list(req.prompt)
+    )
+    if len(prompts) > 1 and req.stream:
+        # One stream per request keeps the event order simple for clients; batch without streaming.
+        raise BadRequest("Streaming is supported for one prompt at a time.", param="prompt")
+    ids = [await state.worker.run(lambda p=p: engine.text_prompt(p)) for p in prompts]
+    params = [sampling(engine, req, req.token_limit(), len(i), state.settings.default_max_tokens) for i in ids]
+    cid, created = new_id("cmpl"), now()
+
+    def chunk(text: str, finish: str | None) -> dict[str, Any]:
+        body = {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "model": req.model,
+            "system_fingerprint": None,
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+        }
+        if include_usage:
+            body["usage"] = None
+        return body
+
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    if req.stream:
+        return _sse(
+            _stream_events(
+                state,
+                ids[0],
+                params[0],
+                include_usage,
+                first=None,
+                piece=lambda d: chunk(d.text, None) if d.text else None,
+                last=lambda d: chunk("", d.finish_reason),
+                usage_chunk=lambda u: {**chunk("", None), "choices": [], "usage": u},
+            )
+        )
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for index, (prompt_ids, p) in enumerate(zip(ids, params, strict=True)):
+        text, last = await _collect(state, prompt_ids, p)
+        choices.append({"text": text, "index": index, "logprobs": None, "finish_reason": last.finish_reason})
+        prompt_tokens += len(prompt_ids)
+        completion_tokens += last.completion_tokens
+    state.metrics.prompt_tokens.labels(COMPLETIONS).inc(prompt_tokens)
+    return JSONResponse(
+        {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "model": req.model,
+            "system_fingerprint": None,
+            "choices": choices,
+            "usage": usage(prompt_tokens, completion_tokens),
+        }
+    )
+
+
+async def _collect(state: RuntimeState, prompt: list[int], params: SamplingParams) -> tuple[str, Delta]:
+    engine: ChatEngine = state.engine
+    parts: list[str] = []
+    last = Delta("", 0, "length")
+    async for delta in state.worker.stream(engine.generate(prompt, params)):
+        parts.append(delta.text)
+        last = delta
+    state.metrics.completion_tokens.inc(last.completion_tokens)
+    return "".join(parts), last
+
+
+async def _stream_events(
+    state: RuntimeState,
+    prompt: list[int],
+    params: SamplingParams,
+    include_usage: bool,
+    *,
+    first: Callable[[], dict[str, Any]] | None,
+    piece: Callable[[Delta], dict[str, Any] | None],
+    last: Callable[[Delta], dict[str, Any]],
+    usage_chunk: Callable[[dict[str, Any]], dict[str, Any]],
+) -> AsyncIterator[bytes]:
+    """SSE events in OpenAI's order; a failure after headers are sent becomes an error event."""
+    engine: ChatEngine = state.engine
+    if first is not None:
+        yield sse_event(first())
+    final = Delta("", 0, "length")
+    try:
+        async for delta in state.worker.stream(engine.generate(prompt, params)):
+            event = piece(delta)
+            if event is not None:
+                yield sse_event(event)
+            final = delta
+    except LlmiError as exc:
+        yield sse_event(exc.body())
+        yield SSE_DONE
+        return
+    except Exception:
+        log.exception("generation failed")
+        yield sse_event(
+            {"error": {"message": "Generation failed.", "type": "server_error", "param": None, "code": None}}
+        )
+        yield SSE_DONE
+        return
+    yield sse_event(last(final))
+    state.metrics.completion_tokens.inc(final.completion_tokens)
+    if include_usage:
+        yield sse_event(usage_chunk(usage(len(prompt), final.completion_tokens)))
+    yield SSE_DONE
+
+
+def _sse(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

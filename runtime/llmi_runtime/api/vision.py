@@ -1,0 +1,144 @@
+"""/v1/vision/* and /v1/multimodal/*.
+
+``similarity`` in /v1/vision/similarity is (1 + cosine) / 2 of the two feature vectors: 1 for
+identical images, 0.5 for unrelated (orthogonal) ones, always within [0, 1]; the raw cosine
+is returned as ``cosine_similarity``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import torch
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from PIL import Image
+
+from llmi.errors import BadRequest
+from llmi.protocol.vision import (
+    MultimodalEncodeRequest,
+    MultimodalMatchRequest,
+    VisionEncodeRequest,
+    VisionSimilarityRequest,
+)
+from llmi.web import parse_body
+from llmi_runtime.api.deps import state_of
+from llmi_runtime.images import decode_image
+from llmi_runtime.state import RuntimeState
+
+router = APIRouter()
+ENCODE, SIMILARITY = "/v1/vision/encode", "/v1/vision/similarity"
+MM_ENCODE, MM_MATCH = "/v1/multimodal/encode", "/v1/multimodal/match"
+
+
+async def _images(state: RuntimeState, images: Sequence[str], param: str, indexed: bool = True) -> list[Image.Image]:
+    limits = state.settings
+    if len(images) > limits.max_images_per_request:
+        raise BadRequest(f"At most {limits.max_images_per_request} images per request.", param=param)
+
+    def decode_all() -> list[Image.Image]:
+        return [
+            decode_image(
+                data,
+                param=f"{param}.{i}" if indexed else param,
+                max_bytes=limits.max_image_bytes,
+                max_pixels=limits.max_image_pixels,
+            )
+            for i, data in enumerate(images)
+        ]
+
+    # Decoding is CPU work: keep it off the event loop and off the model's thread.
+    return await asyncio.to_thread(decode_all)
+
+
+def _texts(state: RuntimeState, texts: Sequence[str]) -> list[str]:
+    limits = state.settings
+    if len(texts) > limits.max_batch_inputs:
+        raise BadRequest(f"At most {limits.max_batch_inputs} texts per request.", param="texts")
+    if any(len(t) > limits.max_input_chars for t in texts):
+        raise BadRequest(f"A text is longer than {limits.max_input_chars} characters.", param="texts")
+    return list(texts)
+
+
+def _rows(t: torch.Tensor, normalize: bool = False) -> list[list[float]]:
+    return (torch.nn.functional.normalize(t, dim=-1) if normalize else t).tolist()
+
+
+@router.post(ENCODE)
+async def vision_encode(request: Request) -> JSONResponse:
+    state = state_of(request)
+    req = await parse_body(request, VisionEncodeRequest)
+    engine = state.engine_for(req.model, ENCODE)
+    images = await _images(state, req.images, "images")
+    features = await state.worker.run(lambda: engine.encode_images(images))
+    return JSONResponse(
+        {
+            "object": "list",
+            "model": req.model,
+            "embeddings": _rows(features, req.normalize),
+            "dimensions": int(features.shape[1]),
+        }
+    )
+
+
+@router.post(SIMILARITY)
+async def vision_similarity(request: Request) -> JSONResponse:
+    state = state_of(request)
+    req = await parse_body(request, VisionSimilarityRequest)
+    engine = state.engine_for(req.model, SIMILARITY)
+    first = await _images(state, [req.image1], "image1", indexed=False)
+    second = await _images(state, [req.image2], "image2", indexed=False)
+    features = await state.worker.run(lambda: engine.encode_images(first + second))
+    cosine = float(torch.nn.functional.cosine_similarity(features[0:1], features[1:2]).clamp(-1, 1))
+    return JSONResponse(
+        {
+            "model": req.model,
+            "similarity": (1.0 + cosine) / 2.0,
+            "cosine_similarity": cosine,
+            "image1_features": features[0].tolist(),
+            "image2_features": features[1].tolist(),
+            "dimensions": int(features.shape[1]),
+        }
+    )
+
+
+@router.post(MM_ENCODE)
+async def multimodal_encode(request: Request) -> JSONResponse:
+    state = state_of(request)
+    req = await parse_body(request, MultimodalEncodeRequest)
+    engine = state.engine_for(req.model, MM_ENCODE)
+    images = await _images(state, req.images or [], "images")
+    texts = _texts(state, req.texts or [])
+
+    def run() -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return (engine.encode_images(images) if images else None, engine.encode_texts(texts) if texts else None)
+
+    image_features, text_features = await state.worker.run(run)
+    dims = next(int(t.shape[1]) for t in (image_features, text_features) if t is not None)
+    return JSONResponse(
+        {
+            "model": req.model,
+            "image_embeddings": [] if image_features is None else _rows(image_features, req.normalize),
+            "text_embeddings": [] if text_features is None else _rows(text_features, req.normalize),
+            "dimensions": dims,
+        }
+    )
+
+
+@router.post(MM_MATCH)
+async def multimodal_match(request: Request) -> JSONResponse:
+    state = state_of(request)
+    req = await parse_body(request, MultimodalMatchRequest)
+    engine = state.engine_for(req.model, MM_MATCH)
+    images = await _images(state, req.images, "images")
+    texts = _texts(state, req.texts)
+    result = await state.worker.run(lambda: engine.match(images, texts))
+    return JSONResponse(
+        {
+            "model": req.model,
+            "similarity_matrix": result["cosine"].tolist(),
+            "logits": result["logits"].tolist(),
+            "probabilities": result["probabilities"].tolist(),
+        }
+    )

@@ -1,0 +1,60 @@
+"""`llmi runtime`: serve one model folder over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from llmi.catalog.classify import NotAModel, detect_type
+from llmi.modeltypes import ModelType
+from llmi.settings import Settings
+from llmi_runtime.app import build_app
+from llmi_runtime.engines.base import LoadOptions
+from llmi_runtime.state import RuntimeState
+
+EXIT_LOAD_FAILED = 3
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    log = logging.getLogger("llmi.runtime")
+    folder: Path = args.model.expanduser().resolve()
+    if not folder.is_dir():
+        log.error("model folder %s does not exist", folder)
+        return 2
+    try:
+        model_type = ModelType(args.type) if args.type else detect_type(folder)
+    except NotAModel as exc:
+        log.error("%s: %s", folder, exc)
+        return 2
+    options = LoadOptions(
+        device=args.device,
+        placement=args.placement,
+        dtype=args.dtype,
+        max_gpu_memory_bytes=args.max_gpu_memory,
+        trust_remote_code=args.trust_remote_code,
+    )
+    state = RuntimeState(args.name or folder.name, model_type, folder, options, settings)
+    config = uvicorn.Config(
+        None,  # type: ignore[arg-type]
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+
+    def stop() -> None:
+        server.should_exit = True
+
+    config.app = build_app(state, on_load_failure=stop)
+    config.loaded = False
+    server.run()
+    if state.error:
+        print(f"llmi runtime: loading {folder} failed: {state.error}", file=sys.stderr)
+        return EXIT_LOAD_FAILED
+    return 0

@@ -1,0 +1,108 @@
+"""The one model this runtime serves, from loading to shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from llmi.errors import BadRequest, ModelNotFound, Unavailable
+from llmi.modeltypes import ENDPOINTS, ModelType
+from llmi.settings import Settings
+from llmi_runtime.engines import load_engine
+from llmi_runtime.engines.base import LoadOptions
+from llmi_runtime.metrics import RuntimeMetrics
+from llmi_runtime.worker import ModelWorker
+
+log = logging.getLogger("llmi.runtime")
+
+
+class Phase(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class RuntimeState:
+    name: str
+    model_type: ModelType
+    path: Path
+    options: LoadOptions
+    settings: Settings
+    worker: ModelWorker = field(init=False)
+    metrics: RuntimeMetrics = field(init=False)
+    phase: Phase = Phase.LOADING
+    engine: Any = None
+    error: str | None = None
+    load_seconds: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        self.worker = ModelWorker(max_streams=self.settings.max_concurrent_sequences)
+        self.metrics = RuntimeMetrics(self)
+
+    async def load(self) -> None:
+        """Load on the worker thread, which then owns the model."""
+        log.info("loading %s (%s) from %s", self.name, self.model_type, self.path)
+        t0 = time.monotonic()
+        try:
+            self.engine = await self.worker.run(
+                lambda: load_engine(self.model_type, self.path, self.options, self.settings.vllm_max_model_len)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.phase = Phase.FAILED
+            log.error("loading %s failed: %s", self.name, self.error)
+            return
+        self.load_seconds = time.monotonic() - t0
+        self.phase = Phase.READY
+        info = self.engine.info()
+        log.info(
+            "ready: %s in %.2fs on %s (%s, %s parameters)",
+            self.name,
+            self.load_seconds,
+            info["device"],
+            info["placement"],
+            f"{info['parameters']:,}",
+        )
+
+    def engine_for(self, model: str, path: str) -> Any:
+        """The engine, if ``model`` names this runtime's model and its type serves ``path``."""
+        if model != self.name:
+            raise ModelNotFound(model)
+        if path not in ENDPOINTS[self.model_type]:
+            raise BadRequest(
+                f"Model '{model}' is a {self.model_type} model and does not serve {path}.",
+                param="model",
+                code="wrong_model_type",
+            )
+        if self.phase is Phase.LOADING:
+            raise Unavailable(f"Model '{model}' is still loading.", retry_after=2)
+        if self.phase is Phase.FAILED:
+            raise Unavailable(f"Model '{model}' failed to load.", retry_after=30, code="model_failed")
+        return self.engine
+
+    def health(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "status": {"ready": "ok"}.get(self.phase, self.phase.value),
+            "model": self.name,
+            "type": self.model_type.value,
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
+        }
+        if self.engine is not None:
+            body.update(self.engine.info())
+        if self.error:
+            body["error"] = self.error
+        return body
+
+    def close(self) -> None:
+        self.worker.close()

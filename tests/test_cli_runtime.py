@@ -1,0 +1,66 @@
+"""`llmi runtime` as a process: start-up failures are clear and exit non-zero."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import runtime_env, start_runtime
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmi.cli", *args],
+        capture_output=True,
+        text=True,
+        env=runtime_env(),
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_missing_folder_exits_2(tmp_path: Path) -> None:
+    out = run_cli("runtime", "--model", str(tmp_path / "nope"), "--port", "1")
+    assert out.returncode == 2
+    assert "does not exist" in out.stderr
+
+
+def test_unclassifiable_folder_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    out = run_cli("runtime", "--model", str(tmp_path / "m"), "--port", "1")
+    assert out.returncode == 2
+    assert "no config.json" in out.stderr
+
+
+def test_corrupt_weights_exit_3_with_the_reason(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    broken = tmp_path / "broken-chat"
+    shutil.copytree(tiny_models["tiny-llama-chat"], broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"\x00" * 100)
+    rt = start_runtime(broken, tmp_path, wait=False)
+    assert rt.proc.wait(timeout=180) == 3
+    assert "failed" in rt.output()
+
+
+def test_health_reports_the_model(runtimes, tiny_models: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+    rt = runtimes("tiny-bert-embed")
+    health = httpx.get(f"{rt.url}/v1/health", timeout=30).json()
+    assert health["status"] == "ok"
+    assert health["model"] == "tiny-bert-embed"
+    assert health["type"] == "embedding"
+    assert health["device"] == "cpu"
+    assert health["placement"] == "cpu"
+    assert health["parameters"] > 0
+    assert health["memory_bytes"] > 0
+    models = httpx.get(f"{rt.url}/v1/models", timeout=30).json()
+    assert models["data"][0]["id"] == "tiny-bert-embed"
+    assert models["data"][0]["state"] == "ready"
+    metrics = httpx.get(f"{rt.url}/metrics", timeout=30).text
+    assert 'llmi_runtime_ready{model="tiny-bert-embed",type="embedding"} 1.0' in metrics

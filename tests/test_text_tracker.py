@@ -1,0 +1,50 @@
+"""Streaming text: deltas reassemble into the final text; stop strings cut exactly."""
+
+from __future__ import annotations
+
+from llmi_runtime.engines.chat import _TextTracker
+
+
+class CharTokenizer:
+    """Token i is chr(i); 0xFFFD-producing ids stand for incomplete UTF-8."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(chr(i) for i in ids)
+
+
+def run(text: str, stop: tuple[str, ...] = ()) -> tuple[list[str], bool, str]:
+    tracker = _TextTracker(CharTokenizer(), stop)
+    deltas = []
+    for ch in text:
+        delta, stopped = tracker.add(ord(ch))
+        deltas.append(delta)
+        if stopped:
+            return deltas, True, tracker.sent
+    deltas.append(tracker.flush())
+    return deltas, False, tracker.sent
+
+
+def test_deltas_reassemble() -> None:
+    deltas, stopped, final = run("hello world")
+    assert "".join(deltas) == "hello world" == final
+    assert not stopped
+
+
+def test_stop_string_is_cut_and_never_leaked() -> None:
+    deltas, stopped, final = run("hello END more", stop=("END",))
+    assert stopped
+    assert "".join(deltas) == "hello " == final
+    assert not any("E" in d for d in deltas)
+
+
+def test_partial_stop_is_released_when_it_does_not_complete() -> None:
+    deltas, stopped, _ = run("an ENd", stop=("END",))
+    assert not stopped
+    assert "".join(deltas) == "an ENd"
+
+
+def test_incomplete_utf8_is_held_back() -> None:
+    tracker = _TextTracker(CharTokenizer(), ())
+    assert tracker.add(ord("a")) == ("a", False)
+    assert tracker.add(0xFFFD) == ("", False)
+    assert tracker.flush() == "\ufffd"
