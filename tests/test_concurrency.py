@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import openai
 import pytest
-from llmi_runtime.worker import ModelWorker
 
+from llmi_runtime.worker import ModelWorker
 from tests.servers import RuntimeProcess
 
 Runtimes = Callable[[str], RuntimeProcess]

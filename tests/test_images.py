@@ -6,10 +6,10 @@ import base64
 import io
 
 import pytest
-from llmi_runtime.images import decode_image
 from PIL import Image
 
 from llmi.errors import BadRequest
+from llmi_runtime.images import decode_image
 from tests.images import b64, data_url, encode, picture
 
 LIMITS = {"max_bytes": 5_000_000, "max_pixels": 4_000_000}

@@ -9,11 +9,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from llmi_runtime.engines.base import LoadOptions
-from llmi_runtime.engines.chat import ChatEngine, SamplingParams
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from transformers import AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoProcessor, AutoTokenizer, CLIPModel
 
+from llmi_runtime.engines.base import LoadOptions
+from llmi_runtime.engines.chat import ChatEngine, SamplingParams
 from tests.images import b64, picture
 from tests.servers import RuntimeProcess
 

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from llmi.errors import BadRequest, LlmiError
 from llmi.protocol.chat import ChatCompletionRequest, CompletionRequest, SamplingFields
 from llmi.web import SSE_DONE, parse_body, sse_event
-from llmi_runtime.api.deps import new_id, now, state_of, usage
+from llmi_runtime.api.deps import new_id, now, state_of, unless_client_leaves, usage
 from llmi_runtime.engines.chat import ChatEngine, Delta, SamplingParams
 from llmi_runtime.state import RuntimeState
 
@@ -73,7 +73,7 @@ async def chat_completions(request: Request) -> Response:
                 usage_chunk=lambda u: {**chunk({}, None), "choices": [], "usage": u},
             )
         )
-    text, last = await _collect(state, prompt, params)
+    text, last = await unless_client_leaves(request, _collect(state, prompt, params))
     state.metrics.prompt_tokens.labels(CHAT).inc(len(prompt))
     return JSONResponse(
         {
@@ -139,7 +139,7 @@ async def completions(request: Request) -> Response:
         )
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for index, (prompt_ids, p) in enumerate(zip(ids, params, strict=True)):
-        text, last = await _collect(state, prompt_ids, p)
+        text, last = await unless_client_leaves(request, _collect(state, prompt_ids, p))
         choices.append({"text": text, "index": index, "logprobs": None, "finish_reason": last.finish_reason})
         prompt_tokens += len(prompt_ids)
         completion_tokens += last.completion_tokens
