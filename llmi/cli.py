@@ -4,11 +4,20 @@ control-plane install never needs torch."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import re
+import shutil
 import sys
+from pathlib import Path
+from typing import Any
 
 from llmi import __version__
 from llmi.settings import Settings
+
+GIB = 1024**3
+DEFAULT_HF_CACHE = "<default>"  # the same sentinel as llmi.hardware.DEFAULT_HF_CACHE
+REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +28,61 @@ def build_parser() -> argparse.ArgumentParser:
     from llmi.runtime_args import add_runtime_arguments
 
     add_runtime_arguments(runtime)
+    add_models_arguments(sub.add_parser("models", help="list the model folders llmi can serve"))
+    add_pull_arguments(sub.add_parser("pull", help="download a model from the Hugging Face Hub"))
+    add_serve_arguments(sub.add_parser("serve", help="serve every model in the models folder (embedded mode)"))
     return parser
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def add_models_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models-dir", type=Path, help="models folder (default: LLM_MODELS_DIR)")
+    parser.add_argument(
+        "--hf-cache",
+        nargs="?",
+        const=DEFAULT_HF_CACHE,
+        metavar="DIR",
+        help="also list the Hugging Face hub cache (default: the hub's own cache folder)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--gpu-memory-gb",
+        type=positive_float,
+        help="plan as if a GPU with this many GiB existed (sets LLM_AVAILABLE_GPU_MEMORY_GB too)",
+    )
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models-dir", type=Path, help="models folder (default: LLM_MODELS_DIR, else ./models)")
+    parser.add_argument(
+        "--hf-cache",
+        nargs="?",
+        const=DEFAULT_HF_CACHE,
+        metavar="DIR",
+        help="also serve models from the Hugging Face hub cache",
+    )
+    parser.add_argument("--host", help="address to listen on (default: LLM_HOST, else 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: LLM_PORT, else 15530)")
+    parser.add_argument("--gpu-memory-gb", type=positive_float, help="plan as if a GPU with this many GiB existed")
+    parser.add_argument(
+        "--cpu-memory-gb",
+        type=positive_float,
+        help="memory budget in GiB when there is no GPU (default: LLM_CPU_MEMORY_BUDGET_GB)",
+    )
+
+
+def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("repo_id", metavar="REPO_ID", help="Hugging Face repo id, e.g. Qwen/Qwen2.5-0.5B-Instruct")
+    parser.add_argument("--models-dir", type=Path, help="models folder (default: LLM_MODELS_DIR)")
+    parser.add_argument("--revision", help="branch, tag or commit (default: main)")
+    parser.add_argument("--name", help="folder name under the models folder (default: the repo's name)")
+    parser.add_argument("--force", action="store_true", help="download into an existing non-empty folder")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is noise
     if args.command == "runtime":
         try:
             from llmi_runtime.server import run
@@ -36,7 +100,137 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llmi runtime needs the runtime extra (pip install 'llmi[runtime]'): {exc}", file=sys.stderr)
             return 2
         return run(args, settings)
+    if args.command == "serve":
+        try:
+            from llmi_router.serve import run_serve
+        except ImportError as exc:
+            print(f"llmi serve could not start: {exc}", file=sys.stderr)
+            return 2
+        return run_serve(args, settings)
+    if args.command == "models":
+        return models_command(args, settings)
+    if args.command == "pull":
+        return pull_command(args, settings)
     return 2
+
+
+def human_bytes(n: int) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 1024**2:.0f} MiB"
+
+
+def model_rows(args: argparse.Namespace, settings: Settings) -> tuple[list[dict[str, Any]], str]:
+    """One row per folder (usable or not) and a line describing the budget it was planned against."""
+    from llmi.catalog.scan import scan
+    from llmi.hardware import hf_cache_dir, machine_budget
+    from llmi.planner import Placement, placement
+
+    settings, budget = machine_budget(settings, args.gpu_memory_gb)
+    hf_cache = hf_cache_dir(args.hf_cache)
+    models_dir = args.models_dir or settings.models_dir
+    catalog = scan(models_dir, hf_cache=hf_cache, max_model_len=settings.vllm_max_model_len)
+    rows: list[dict[str, Any]] = []
+    for entry in catalog.entries:
+        where = placement(entry.memory_bytes, budget, entry.placement)
+        kind, problems = (where.kind, []) if isinstance(where, Placement) else (None, [where.reason])
+        rows.append(
+            {
+                "name": entry.name,
+                "type": entry.type.value,
+                "path": str(entry.path),
+                "memory_bytes": entry.memory_bytes,
+                "placement": kind,
+                "problems": problems,
+            }
+        )
+    for problem in catalog.problems:
+        rows.append(
+            {
+                "name": problem.name or None,
+                "type": None,
+                "path": str(problem.path),
+                "memory_bytes": None,
+                "placement": None,
+                "problems": [problem.reason],
+            }
+        )
+    memory = "GPU" if budget.gpu else "host memory"
+    offload = f", offload above {human_bytes(budget.offload_threshold_bytes)}" if budget.offload_enabled else ""
+    return rows, f"budget: {human_bytes(budget.total_bytes)} of {memory}{offload}"
+
+
+def models_command(args: argparse.Namespace, settings: Settings) -> int:
+    rows, budget_line = model_rows(args, settings)
+    status = 0 if (args.models_dir or settings.models_dir).is_dir() else 1
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return status
+    print(budget_line)
+    table = [("NAME", "TYPE", "MEMORY", "PLACEMENT", "PATH")]
+    for row in rows:
+        if row["type"] is not None:
+            memory = human_bytes(row["memory_bytes"])
+            table.append((row["name"], row["type"], memory, row["placement"] or "refused", row["path"]))
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    for r in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=False)) + "  " + r[4])
+    problems = [(row, reason) for row in rows for reason in row["problems"]]
+    if problems:
+        print("\nproblems:")
+        for row, reason in problems:
+            print(f"  {row['name'] or row['path']} ({row['path']}): {reason}")
+    return status
+
+
+def pull_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Download a hub repo into the models folder; one clear line and exit 1 on failure."""
+    from llmi.catalog.scan import valid_name
+
+    repo_id: str = args.repo_id
+    if not REPO_ID_RE.match(repo_id) or ".." in repo_id or "--" in repo_id:
+        print(f"llmi pull: {repo_id!r} is not a repo id such as 'org/name' or 'name'", file=sys.stderr)
+        return 2
+    name: str = args.name or repo_id.rsplit("/", 1)[-1]
+    if not valid_name(name):
+        print(f"llmi pull: --name {name!r} is not a valid model name", file=sys.stderr)
+        return 2
+    target = (args.models_dir or settings.models_dir) / name
+    existed = target.exists()
+    if existed and not args.force and (not target.is_dir() or any(target.iterdir())):
+        print(f"llmi pull: {target} exists and is not empty (use --force to download into it)", file=sys.stderr)
+        return 1
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        print(
+            f"llmi pull: cannot download {repo_id}: HF_HUB_OFFLINE is set, so the Hub is out of reach", file=sys.stderr
+        )
+        return 1
+    try:
+        # Ask the Hub first: snapshot_download quietly returns an existing local_dir when it cannot connect.
+        HfApi().repo_info(repo_id, revision=args.revision)
+        path = snapshot_download(repo_id, revision=args.revision, local_dir=target)
+    except Exception as exc:  # the CLI boundary: any download failure (HTTP, Xet, disk) is one line
+        if not existed:
+            _remove_if_empty(target)
+        if isinstance(exc, RevisionNotFoundError):
+            reason = f"revision {args.revision!r} not found"
+        elif isinstance(exc, RepositoryNotFoundError):
+            reason = "repository not found (private or gated repos need `hf auth login`)"
+        else:
+            reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or ['no details'])[0]}"
+        if not existed and target.exists():
+            reason += f" (partial download kept in {target}; rerun with --force to resume)"
+        print(f"llmi pull: cannot download {repo_id}: {reason}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Undo a failed download's empty folder (huggingface_hub may leave only its .cache)."""
+    if folder.is_dir() and all(p.is_dir() for p in folder.rglob("*")):
+        shutil.rmtree(folder)
 
 
 if __name__ == "__main__":

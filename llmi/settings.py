@@ -36,6 +36,10 @@ class Settings(BaseSettings):
         4.0, gt=0, description="Models whose estimate exceeds this many GB are offloaded."
     )
     cuda_visible_devices: str | None = Field(None, description="Passed to runtimes as CUDA_VISIBLE_DEVICES.")
+    # New in llmi: without a GPU, models are planned against host memory instead.
+    cpu_memory_budget_gb: float | None = Field(
+        None, gt=0, description="Host memory budget in GiB when there is no GPU (default: half of host memory)."
+    )
 
     # vLLM settings (kept from the original tool; used by the vLLM engine).
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size.")
@@ -63,3 +67,18 @@ class Settings(BaseSettings):
     max_concurrent_sequences: int = Field(
         64, ge=1, description="Chat generations interleaved at once in one runtime; more wait in line."
     )
+
+    # Embedded control plane (llmi serve).
+    queue_timeout_s: float = Field(
+        300.0, gt=0, description="How long a request may wait for its model to load before 503 + Retry-After."
+    )
+    max_queue_per_model: int = Field(256, ge=1, description="Requests waiting per model before 429.")
+    load_timeout_s: float = Field(900.0, gt=0, description="Deadline for a runtime to become ready (s).")
+    idle_timeout_s: float = Field(
+        600.0, ge=0, description="Unload a model idle this long (s) when LLM_AUTO_UNLOAD_MODELS is on."
+    )
+    drain_timeout_s: float = Field(30.0, ge=0, description="Grace for in-flight requests at shutdown (s).")
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="Longest a runtime may take to answer (s); streams reset it per chunk."
+    )
+    rescan_interval_s: float = Field(5.0, gt=0, description="How often the models folder is scanned again (s).")

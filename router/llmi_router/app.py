@@ -1,0 +1,182 @@
+"""The router: validate, make the model ready, forward unchanged, stream back.
+
+Public paths are an explicit list; bodies are validated with the same protocol models as the
+runtime, so a malformed request never costs a model load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from llmi import __version__
+from llmi.errors import LlmiError, ModelNotFound, UpstreamFailed
+from llmi.protocol.chat import ChatCompletionRequest, CompletionRequest
+from llmi.protocol.embeddings import EmbeddingRequest
+from llmi.protocol.rerank import RerankRequest
+from llmi.protocol.vision import (
+    MultimodalEncodeRequest,
+    MultimodalMatchRequest,
+    VisionEncodeRequest,
+    VisionSimilarityRequest,
+)
+from llmi.settings import Settings
+from llmi.web import SSE_DONE, BodyLimitMiddleware, install_error_handlers, parse_body, sse_event
+from llmi_router.metrics import RouterMetrics
+from llmi_router.supervisor import Supervisor, check_endpoint
+
+log = logging.getLogger("llmi.router")
+
+ROUTES: dict[str, type[BaseModel]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+    "/v1/embeddings": EmbeddingRequest,
+    "/v1/rerank": RerankRequest,
+    "/v1/vision/encode": VisionEncodeRequest,
+    "/v1/vision/similarity": VisionSimilarityRequest,
+    "/v1/multimodal/encode": MultimodalEncodeRequest,
+    "/v1/multimodal/match": MultimodalMatchRequest,
+}
+HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "server", "date"}
+
+
+def build_router_app(
+    supervisor: Supervisor,
+    settings: Settings,
+    metrics: RouterMetrics,
+    background: Callable[[], Awaitable[None]] | None = None,
+    startup: Callable[[], Awaitable[None]] | None = None,
+) -> FastAPI:
+    """The router app. ``startup`` runs before the first request is accepted; ``background``
+    runs for the app's lifetime (catalog rescans, idle reaping)."""
+    client = httpx.AsyncClient(timeout=httpx.Timeout(settings.request_timeout_s, connect=10), http2=False)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if startup is not None:
+            await startup()
+        task = asyncio.create_task(background()) if background is not None else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+            await supervisor.close()
+            await client.aclose()
+
+    app = FastAPI(title="llmi", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+
+    def make_handler(path: str, model_cls: type[BaseModel]) -> Callable[[Request], Awaitable[Response]]:
+        async def handler(request: Request) -> Response:
+            t0 = time.perf_counter()
+            model, status = "-", 500
+            try:
+                parsed = await parse_body(request, model_cls)
+                model = parsed.model  # type: ignore[attr-defined]
+                check_endpoint(supervisor, model, path)
+                response = await _forward(request, path, model, bool(getattr(parsed, "stream", False)))
+                status = response.status_code
+                return response
+            except LlmiError as exc:
+                status = exc.status
+                raise
+            finally:
+                known = model if supervisor.model_type(model) else "-"
+                metrics.requests.labels(known, path, str(status)).inc()
+                metrics.latency.labels(known, path).observe(time.perf_counter() - t0)
+
+        return handler
+
+    async def _forward(request: Request, path: str, model: str, stream: bool) -> Response:
+        body = await request.body()
+        for attempt in (1, 2):
+            lease = await supervisor.acquire(model, settings.queue_timeout_s)
+            try:
+                upstream = await client.send(
+                    client.build_request(
+                        "POST", f"{lease.url}{path}", content=body, headers={"content-type": "application/json"}
+                    ),
+                    stream=True,
+                )
+                break
+            except httpx.ConnectError:
+                # Nothing was sent: if the runtime just died, retry once on a fresh one.
+                lease.release()
+                if attempt == 2 or not await supervisor.forget_if_dead(model, lease.url):
+                    raise UpstreamFailed(f"The runtime of '{model}' is not reachable.") from None
+            except httpx.HTTPError as exc:
+                lease.release()
+                raise UpstreamFailed(f"The runtime of '{model}' did not answer: {type(exc).__name__}.") from None
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
+        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+            return StreamingResponse(
+                _relay_stream(upstream, lease.release, model), status_code=upstream.status_code, headers=headers
+            )
+        try:
+            content = await upstream.aread()
+        except httpx.HTTPError as exc:
+            raise UpstreamFailed(f"The runtime of '{model}' failed mid-answer: {type(exc).__name__}.") from None
+        finally:
+            await upstream.aclose()
+            lease.release()
+        return Response(content, status_code=upstream.status_code, headers=headers)
+
+    async def _relay_stream(upstream: httpx.Response, release: Callable[[], None], model: str) -> AsyncIterator[bytes]:
+        """Pass SSE bytes through as they come; a runtime that dies mid-stream ends it with an
+        error event instead of a silent cut."""
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            log.warning("stream from %s broke: %s", model, exc)
+            error = UpstreamFailed(f"The runtime of '{model}' failed mid-stream.")
+            yield b"\n\n" + sse_event(error.body()) + SSE_DONE
+        finally:
+            await upstream.aclose()
+            release()
+
+    for path, model_cls in ROUTES.items():
+        app.add_api_route(path, make_handler(path, model_cls), methods=["POST"], include_in_schema=True)
+
+    @app.get("/v1/models")
+    async def list_models() -> JSONResponse:
+        return JSONResponse({"object": "list", "data": supervisor.describe()})
+
+    @app.get("/v1/models/{model:path}")
+    async def get_model(model: str) -> JSONResponse:
+        for item in supervisor.describe():
+            if item["id"] == model:
+                return JSONResponse(item)
+        raise ModelNotFound(model)
+
+    @app.get("/v1/health")
+    async def health() -> JSONResponse:
+        snap = supervisor.snapshot()
+        body: dict[str, Any] = {"status": "ok", "version": __version__, **snap, "problems": supervisor.problems}
+        return JSONResponse(body)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    return app

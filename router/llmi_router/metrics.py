@@ -1,0 +1,40 @@
+"""Prometheus metrics of the router and its control plane (one registry per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "llmi_requests",
+            "Requests answered, by model, endpoint and status.",
+            ["model", "endpoint", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "llmi_request_seconds",
+            "Time to the last byte, including any model load.",
+            ["model", "endpoint"],
+            registry=r,
+            buckets=BUCKETS,
+        )
+        self.loads = Counter(
+            "llmi_model_loads", "Model loads, by result (ok, failed).", ["model", "result"], registry=r
+        )
+        self.load_seconds = Histogram(
+            "llmi_model_load_seconds", "Time from spawning a runtime to ready.", ["model"], registry=r, buckets=BUCKETS
+        )
+        self.evictions = Counter(
+            "llmi_model_evictions", "Models unloaded to make room for another.", ["model"], registry=r
+        )
+        self.crashes = Counter("llmi_runtime_crashes", "Runtimes that exited on their own.", ["model"], registry=r)
+        self.queue = Gauge("llmi_queue_length", "Requests waiting for their model to be ready.", ["model"], registry=r)
+        self.in_flight = Gauge("llmi_in_flight", "Requests being answered by a runtime.", ["model"], registry=r)
+        self.state = Gauge("llmi_model_state", "1 for the state each model is in.", ["model", "state"], registry=r)
+        self.planned_bytes = Gauge("llmi_memory_planned_bytes", "Memory held by loaded and loading models.", registry=r)
+        self.budget_bytes = Gauge("llmi_memory_budget_bytes", "The memory budget models are planned into.", registry=r)

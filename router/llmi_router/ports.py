@@ -1,0 +1,33 @@
+"""What the router needs from a control plane: a way to get a ready model and let go of it.
+
+The embedded supervisor and the Kubernetes backend both provide this; the router depends on
+nothing else, and tests may pass in-memory fakes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Lease(Protocol):
+    """A ready model's endpoint, held while one request uses it."""
+
+    url: str
+
+    def release(self) -> None: ...
+
+
+class ControlPlane(Protocol):
+    async def acquire(self, model: str, deadline_s: float) -> Lease:
+        """Make ``model`` ready (loading it, evicting others) and hold it for one request.
+
+        Raises ModelNotFound, Unavailable (503, Retry-After) or TooManyRequests (429)."""
+        ...
+
+    def model_type(self, model: str) -> str | None:
+        """The type of a known model, or None."""
+        ...
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every model with its type, state, memory and placement, for /v1/models."""
+        ...

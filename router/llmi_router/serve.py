@@ -1,0 +1,97 @@
+"""`llmi serve`: the embedded mode. Scan the models folder, plan into the memory budget, and
+serve every model behind one OpenAI-compatible endpoint on LLM_HOST:LLM_PORT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from llmi import hardware
+from llmi.catalog.scan import Catalog, scan
+from llmi.settings import Settings
+from llmi_router.app import build_router_app
+from llmi_router.metrics import RouterMetrics
+from llmi_router.supervisor import Supervisor
+
+log = logging.getLogger("llmi.serve")
+
+
+def _scan(models_dir: Path, hf_cache: Path | None, settings: Settings) -> Catalog:
+    return scan(models_dir, hf_cache=hf_cache, max_model_len=settings.vllm_max_model_len)
+
+
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    updates = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "models_dir": args.models_dir,
+            "cpu_memory_budget_gb": args.cpu_memory_gb,
+        }.items()
+        if v is not None
+    }
+    settings, budget = hardware.machine_budget(settings.model_copy(update=updates), args.gpu_memory_gb)
+    models_dir = settings.models_dir.expanduser()
+    hf_cache = hardware.hf_cache_dir(args.hf_cache)
+    log.info(
+        "models folder %s; budget %.2f GiB on %s",
+        models_dir.resolve(),
+        budget.total_bytes / 2**30,
+        "GPU" if budget.gpu else "CPU (no GPU found)",
+    )
+    if not models_dir.is_dir():
+        log.warning(
+            "models folder %s does not exist yet; it is scanned again every %.0fs",
+            models_dir,
+            settings.rescan_interval_s,
+        )
+
+    metrics = RouterMetrics()
+    supervisor = Supervisor(settings, budget, metrics)
+    first = _scan(models_dir, hf_cache, settings)
+    _log_catalog(first, None)
+
+    async def startup() -> None:
+        await supervisor.update_catalog(first)
+
+    async def background() -> None:
+        previous = first
+        while True:
+            await asyncio.sleep(settings.rescan_interval_s)
+            try:
+                catalog = await asyncio.to_thread(_scan, models_dir, hf_cache, settings)
+                _log_catalog(catalog, previous)
+                await supervisor.update_catalog(catalog)
+                previous = catalog
+                await supervisor.reap_idle()
+            except Exception:
+                log.exception("rescan failed")
+
+    app = build_router_app(supervisor, settings, metrics, background=background, startup=startup)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+    )
+    return 0
+
+
+def _log_catalog(catalog: Catalog, previous: Catalog | None) -> None:
+    known = {e.name for e in previous.entries} if previous else set()
+    for entry in catalog.entries:
+        if entry.name not in known and previous is not None:
+            log.info("new model %s (%s) at %s", entry.name, entry.type, entry.path)
+    if previous is None:
+        log.info("found %d models: %s", len(catalog.entries), ", ".join(e.name for e in catalog.entries) or "none")
+    old_problems = {(str(p.path), p.reason) for p in previous.problems} if previous else set()
+    for problem in catalog.problems:
+        if (str(problem.path), problem.reason) not in old_problems:
+            log.warning("skipping %s: %s", problem.path, problem.reason)
