@@ -137,3 +137,29 @@ def test_sigterm_leaves_no_child_process(tiny_models: dict[str, Path], tmp_path:
     assert code in (0, -signal.SIGTERM), server.output()
     assert "Application shutdown complete" in server.output()
     assert server.runtime_pids() == []
+
+
+def wait_until(predicate, deadline_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll a condition the server reaches by itself (rescans, idle timers), with a deadline."""
+    import time
+
+    end = time.monotonic() + deadline_s
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached before the deadline"
+        time.sleep(0.1)
+
+
+def test_new_folders_are_picked_up_and_idle_models_unload(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    models = model_folder(tiny_models, tmp_path / "models", ["tiny-bert-embed"])
+    env = runtime_env(LLM_RESCAN_INTERVAL_S="0.2", LLM_IDLE_TIMEOUT_S="1", LLM_AUTO_UNLOAD_MODELS="true")
+    server = start_serve(models, tmp_path, env=env)
+    try:
+        assert set(states(server)) == {"tiny-bert-embed"}
+        model_folder(tiny_models, models, ["tiny-vit"])
+        wait_until(lambda: "tiny-vit" in states(server))
+        call(server, "tiny-vit")
+        wait_until(lambda: states(server)["tiny-vit"] == "available")
+        assert server.runtime_pids("tiny-vit") == []
+        assert "idle" in server.output()
+    finally:
+        server.stop()

@@ -48,3 +48,19 @@ def test_incomplete_utf8_is_held_back() -> None:
     assert tracker.add(ord("a")) == ("a", False)
     assert tracker.add(0xFFFD) == ("", False)
     assert tracker.flush() == "\ufffd"
+
+
+def test_incremental_decoding_matches_a_full_decode(tiny_models) -> None:  # type: ignore[no-untyped-def]
+    """With a real byte-level tokenizer, random ids (broken UTF-8 included) reassemble exactly."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["tiny-qwen2-chat"])
+    rng = random.Random(7)
+    for _ in range(20):
+        ids = [rng.randrange(len(tok)) for _ in range(rng.randrange(1, 80))]
+        tracker = _TextTracker(tok, ())
+        pieces = [tracker.add(i)[0] for i in ids]
+        pieces.append(tracker.flush())
+        assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)

@@ -149,3 +149,21 @@ async def wait_ready(handle: RuntimeHandle, deadline_s: float, client: httpx.Asy
         assert handle.exited is not None
         await asyncio.wait({handle.exited}, timeout=delay)
         delay = min(delay * 1.5, 0.5)
+
+
+class ProcessLauncher:
+    """Starts real `llmi runtime` processes (the supervisor's default launcher)."""
+
+    def __init__(self) -> None:
+        self._client = httpx.AsyncClient()
+
+    async def start(
+        self, name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, env: dict[str, str]
+    ) -> RuntimeHandle:
+        return await spawn_runtime(name, path, model_type, placement, max_gpu_memory, env)
+
+    async def wait_ready(self, handle: RuntimeHandle, deadline_s: float) -> float:
+        return await wait_ready(handle, deadline_s, self._client)
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -15,9 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
-
-import httpx
+from pathlib import Path
+from typing import Any, Protocol
 
 from llmi import planner
 from llmi.catalog.scan import Catalog, ModelEntry
@@ -25,7 +24,7 @@ from llmi.errors import BadRequest, ModelNotFound, TooManyRequests, Unavailable
 from llmi.modeltypes import ENDPOINTS, ModelType
 from llmi.settings import Settings
 from llmi_router.metrics import RouterMetrics
-from llmi_router.process import RuntimeHandle, StartFailed, spawn_runtime, wait_ready
+from llmi_router.process import ProcessLauncher, StartFailed
 
 log = logging.getLogger("llmi.supervisor")
 
@@ -57,11 +56,32 @@ MAX_FAILURES = 5
 LOAD_RETRY_S = 30.0
 
 
+class Handle(Protocol):
+    """A started runtime: where it listens, a task that ends when it exits, and a way to stop it."""
+
+    url: str
+    exited: asyncio.Task[int] | None
+
+    def reason(self) -> str: ...
+
+    async def stop(self, grace_s: float = 10.0) -> int: ...
+
+
+class Launcher(Protocol):
+    async def start(
+        self, name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, env: dict[str, str]
+    ) -> Handle: ...
+
+    async def wait_ready(self, handle: Any, deadline_s: float) -> float: ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass
 class Slot:
     entry: ModelEntry
     state: State = State.STOPPED
-    handle: RuntimeHandle | None = None
+    handle: Handle | None = None
     in_flight: int = 0
     waiting: int = 0
     last_used: float = 0.0
@@ -96,6 +116,7 @@ class Supervisor:
         budget: planner.Budget,
         metrics: RouterMetrics,
         clock: Callable[[], float] = time.monotonic,
+        launcher: Launcher | None = None,
     ) -> None:
         self.settings = settings
         self.budget = budget
@@ -104,7 +125,7 @@ class Supervisor:
         self.slots: dict[str, Slot] = {}
         self.problems: list[dict[str, str]] = []
         self._cond = asyncio.Condition()
-        self._client = httpx.AsyncClient()
+        self.launcher: Launcher = launcher or ProcessLauncher()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         metrics.budget_bytes.set(budget.total_bytes)
@@ -273,9 +294,9 @@ class Supervisor:
         name = slot.entry.name
         t0 = self.clock()
         log.info("loading %s (%s, %s)", name, slot.entry.type, slot.placement)
-        handle: RuntimeHandle | None = None
+        handle: Handle | None = None
         try:
-            handle = await spawn_runtime(
+            handle = await self.launcher.start(
                 name,
                 slot.entry.path,
                 str(slot.entry.type),
@@ -284,7 +305,7 @@ class Supervisor:
                 self._child_env(),
             )
             slot.handle = handle
-            await wait_ready(handle, self.settings.load_timeout_s, self._client)
+            await self.launcher.wait_ready(handle, self.settings.load_timeout_s)
         except (StartFailed, OSError) as exc:
             if handle is not None:
                 await handle.stop()
@@ -313,7 +334,7 @@ class Supervisor:
         self.metrics.load_seconds.labels(name).observe(seconds)
         log.info("ready: %s in %.2fs", name, seconds)
 
-    async def _watch(self, slot: Slot, handle: RuntimeHandle) -> None:
+    async def _watch(self, slot: Slot, handle: Handle) -> None:
         """Notice a runtime that dies on its own; the next request restarts it (with backoff)."""
         assert handle.exited is not None
         code = await handle.exited
@@ -411,7 +432,7 @@ class Supervisor:
         for slot in self.slots.values():
             if slot.watcher is not None:
                 slot.watcher.cancel()
-        await self._client.aclose()
+        await self.launcher.close()
 
     # -- helpers --------------------------------------------------------------------------
 

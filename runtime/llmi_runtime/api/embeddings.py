@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import TYPE_CHECKING
 
 import torch
 from fastapi import APIRouter, Request
@@ -12,7 +13,9 @@ from llmi.errors import BadRequest
 from llmi.protocol.embeddings import EmbeddingRequest
 from llmi.web import parse_body
 from llmi_runtime.api.deps import state_of
-from llmi_runtime.engines.embedding import EmbeddingEngine
+
+if TYPE_CHECKING:
+    from llmi_runtime.engines.embedding import EmbeddingEngine
 
 router = APIRouter()
 PATH = "/v1/embeddings"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -13,8 +13,11 @@ from llmi.errors import BadRequest, LlmiError
 from llmi.protocol.chat import ChatCompletionRequest, CompletionRequest, SamplingFields
 from llmi.web import SSE_DONE, parse_body, sse_event
 from llmi_runtime.api.deps import new_id, now, state_of, unless_client_leaves, usage
-from llmi_runtime.engines.chat import ChatEngine, Delta, SamplingParams
+from llmi_runtime.engines.sampling import Delta, SamplingParams
 from llmi_runtime.state import RuntimeState
+
+if TYPE_CHECKING:
+    from llmi_runtime.engines.chat import ChatEngine
 
 router = APIRouter()
 log = logging.getLogger("llmi.runtime")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from llmi.errors import BadRequest
 from llmi.modeltypes import ModelType
 from llmi_runtime.engines.base import LoadOptions, module_facts, place
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Delta:
-    """New text since the last delta; ``finish_reason`` is set on the last one."""
-
-    text: str
-    completion_tokens: int
-    finish_reason: str | None = None
-    token_id: int | None = None
+from llmi_runtime.engines.sampling import Delta, SamplingParams
 
 
 class ChatEngine:
@@ -204,24 +181,30 @@ def _pick(
 class _TextTracker:
     """Turns generated ids into text deltas that always reassemble into the final text.
 
-    Text that may still change (an incomplete UTF-8 sequence) or may be the start of a
-    stop string is held back until it is settled.
+    Decoding is incremental (a short window of recent ids, as vLLM and transformers' streamers
+    do), so a long answer costs linear, not quadratic, time. Text that may still change (an
+    incomplete UTF-8 sequence) or may be the start of a stop string is held back until settled.
     """
 
     def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
         self.tokenizer = tokenizer
         self.stop = stop
+        self.longest_stop = max((len(s) for s in stop), default=0)
         self.ids: list[int] = []
-        self.sent = ""
+        self.prefix_offset = 0  # ids[prefix_offset:read_offset] give context for the next piece
+        self.read_offset = 0
+        self.text = ""  # settled text decoded so far
+        self.sent = ""  # what has been handed out (a prefix of text)
 
     def add(self, token: int) -> tuple[str, bool]:
         self.ids.append(token)
-        full = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        hits = [i for i in (full.find(s) for s in self.stop) if i >= 0]
-        if hits:
-            final = full[: min(hits)]
-            return self._advance(final), True
-        safe = full.rstrip("\ufffd")
+        self._decode_new()
+        if self.stop:
+            window_start = max(0, len(self.sent) - self.longest_stop)
+            hits = [i for i in (self.text.find(s, window_start) for s in self.stop) if i >= 0]
+            if hits:
+                return self._advance(self.text[: min(hits)]), True
+        safe = self.text
         for s in self.stop:
             for n in range(min(len(s) - 1, len(safe)), 0, -1):
                 if safe.endswith(s[:n]):
@@ -230,7 +213,20 @@ class _TextTracker:
         return self._advance(safe), False
 
     def flush(self) -> str:
-        return self._advance(self.tokenizer.decode(self.ids, skip_special_tokens=True)) if self.ids else ""
+        """Everything not yet handed out, including a trailing incomplete character."""
+        tail = self.tokenizer.decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
+        head = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        if len(tail) > len(head):
+            self.text += tail[len(head) :]
+            self.read_offset = len(self.ids)
+        return self._advance(self.text)
+
+    def _decode_new(self) -> None:
+        head = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        tail = self.tokenizer.decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
+        if len(tail) > len(head) and not tail.endswith("\ufffd"):
+            self.text += tail[len(head) :]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
 
     def _advance(self, text: str) -> str:
         if not text.startswith(self.sent) or len(text) <= len(self.sent):
