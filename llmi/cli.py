@@ -4,6 +4,7 @@ control-plane install never needs torch."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import re
@@ -18,6 +19,13 @@ from llmi.settings import Settings
 GIB = 1024**3
 DEFAULT_HF_CACHE = "<default>"  # the same sentinel as llmi.hardware.DEFAULT_HF_CACHE
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+
+
+# Subcommands that live in a component package, imported only when run.
+COMPONENTS = {
+    "runtime": ("llmi_runtime.server", "run", "needs the runtime extra (pip install 'llmi[runtime]')"),
+    "serve": ("llmi_router.serve", "run_serve", "could not start"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,20 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is noise
-    if args.command == "runtime":
+    if args.command in COMPONENTS:
+        module_name, function, hint = COMPONENTS[args.command]
         try:
-            from llmi_runtime.server import run
+            run = getattr(importlib.import_module(module_name), function)
         except ImportError as exc:
-            print(f"llmi runtime needs the runtime extra (pip install 'llmi[runtime]'): {exc}", file=sys.stderr)
+            print(f"llmi {args.command}: {hint}: {exc}", file=sys.stderr)
             return 2
-        return run(args, settings)
-    if args.command == "serve":
-        try:
-            from llmi_router.serve import run_serve
-        except ImportError as exc:
-            print(f"llmi serve could not start: {exc}", file=sys.stderr)
-            return 2
-        return run_serve(args, settings)
+        return int(run(args, settings))
     if args.command == "models":
         return models_command(args, settings)
     if args.command == "pull":

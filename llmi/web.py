@@ -3,14 +3,15 @@ limit, and exception handlers that turn every failure into the OpenAI error enve
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -19,6 +20,7 @@ from llmi.errors import BadRequest, LlmiError, PayloadTooLarge, Unavailable, err
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -154,6 +156,10 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unexpected error", exc_info=exc)
         return JSONResponse(error_body("Internal server error.", "server_error"), status_code=500)
 
+    async def on_client_gone(_: Request, __: Exception) -> Response:
+        return Response(status_code=499)  # nobody is listening; nothing to log
+
+    app.add_exception_handler(ClientGone, on_client_gone)
     app.add_exception_handler(LlmiError, on_llmi)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_validation)
@@ -165,3 +171,28 @@ def sse_event(payload: dict[str, Any]) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the answer was ready."""
+
+
+async def unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects, so an abandoned request stops
+    using the model (streams get the same from their response's cancellation)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        raise ClientGone
+    return task.result()

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from tests.servers import free_port, runtime_env
+from tests.servers import free_port, poll_ready, spawn_llmi, stop_process
 
 
 @dataclass
@@ -44,14 +38,7 @@ class ServeProcess:
         return pids
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return int(self.proc.returncode)
+        return stop_process(self.proc)
 
 
 def model_folder(tiny_models: dict[str, Path], root: Path, names: list[str], memory: str | None = None) -> Path:
@@ -68,34 +55,7 @@ def model_folder(tiny_models: dict[str, Path], root: Path, names: list[str], mem
 def start_serve(models_dir: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None) -> ServeProcess:
     port = free_port()
     log = log_dir / f"serve-{port}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "llmi.cli",
-        "serve",
-        "--models-dir",
-        str(models_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *args,
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env or runtime_env(), start_new_session=True
-        )
-    serve = ServeProcess(f"http://127.0.0.1:{port}", proc, log, models_dir)
-    deadline = time.monotonic() + 120
-    with httpx.Client(timeout=5) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llmi serve exited with {proc.returncode}:\n{serve.output()}")
-            try:
-                if client.get(f"{serve.url}/readyz").status_code == 200:
-                    return serve
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-    serve.stop()
-    raise TimeoutError(f"llmi serve did not start:\n{serve.output()}")
+    cmd = ["serve", "--models-dir", str(models_dir), "--host", "127.0.0.1", "--port", str(port), *args]
+    serve = ServeProcess(f"http://127.0.0.1:{port}", spawn_llmi(cmd, log, env), log, models_dir)
+    poll_ready(serve.url, serve.proc, log, deadline_s=120)
+    return serve

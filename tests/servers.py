@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,21 @@ from pathlib import Path
 
 import httpx
 
+from llmi_router.process import free_port
+
 READY_DEADLINE_S = 180.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 60) -> int:
+    """SIGTERM, then SIGKILL of the whole group after the grace period; the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return int(proc.returncode)
 
 
 def runtime_env(**extra: str) -> dict[str, str]:
@@ -47,14 +54,36 @@ class RuntimeProcess:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        return stop_process(self.proc, grace_s=30)
+
+
+def spawn_llmi(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`python -m llmi.cli ARGS` in its own process group, output to ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "llmi.cli", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env or runtime_env(),
+            start_new_session=True,
+        )
+
+
+def poll_ready(url: str, proc: subprocess.Popen[bytes], log: Path, deadline_s: float = READY_DEADLINE_S) -> None:
+    """Poll ``url``/readyz until 200; fail at once if the process exits, or after the deadline."""
+    deadline = time.monotonic() + deadline_s
+    with httpx.Client(timeout=5) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"process exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
             try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return int(self.proc.returncode)
+                if client.get(f"{url}/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    stop_process(proc)
+    raise TimeoutError(f"not ready in {deadline_s}s:\n{log.read_text(errors='replace')}")
 
 
 def start_runtime(
@@ -68,43 +97,12 @@ def start_runtime(
     port = free_port()
     name = name or folder.name
     log = log_dir / f"{name}-{port}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "llmi.cli",
-        "runtime",
-        "--model",
-        str(folder),
-        "--name",
-        name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *args,
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env or runtime_env(), start_new_session=True
-        )
-    runtime = RuntimeProcess(name, f"http://127.0.0.1:{port}", proc, log)
+    cmd = ["runtime", "--model", str(folder), "--name", name, "--host", "127.0.0.1", "--port", str(port), *args]
+    runtime = RuntimeProcess(name, f"http://127.0.0.1:{port}", spawn_llmi(cmd, log, env), log)
     if wait:
         wait_ready(runtime)
     return runtime
 
 
 def wait_ready(runtime: RuntimeProcess, deadline_s: float = READY_DEADLINE_S) -> None:
-    """Poll /readyz until 200; fail at once if the process exits."""
-    deadline = time.monotonic() + deadline_s
-    with httpx.Client(timeout=5) as client:
-        while time.monotonic() < deadline:
-            if runtime.proc.poll() is not None:
-                raise RuntimeError(f"runtime exited with {runtime.proc.returncode}:\n{runtime.output()}")
-            try:
-                if client.get(f"{runtime.url}/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-    runtime.stop()
-    raise TimeoutError(f"runtime not ready in {deadline_s}s:\n{runtime.output()}")
+    poll_ready(runtime.url, runtime.proc, runtime.log, deadline_s)

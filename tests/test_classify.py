@@ -9,20 +9,11 @@ import pytest
 
 from llmi.catalog.classify import NotAModel, detect_type
 from llmi.modeltypes import ModelType
+from tests.tiny_models import TINY_TYPES
 
 
 def test_tiny_models_are_classified(tiny_models: dict[str, Path]) -> None:
-    expected = {
-        "tiny-llama-chat": ModelType.CHAT,
-        "tiny-qwen2-chat": ModelType.CHAT,
-        "tiny-bert-embed": ModelType.EMBEDDING,
-        "tiny-qwen3-embed": ModelType.EMBEDDING,
-        "tiny-bert-reranker": ModelType.RERANKER,
-        "tiny-qwen3-reranker": ModelType.RERANKER,
-        "tiny-vit": ModelType.VISION,
-        "tiny-dinov2": ModelType.VISION,
-        "tiny-clip": ModelType.MULTIMODAL,
-    }
+    expected = {name: ModelType(kind) for name, kind in TINY_TYPES.items()}
     assert {name: detect_type(path) for name, path in tiny_models.items()} == expected
 
 

@@ -33,6 +33,7 @@ from tests.fake_models import (
     write_sharded,
 )
 from tests.servers import runtime_env
+from tests.tiny_models import TINY_TYPES
 
 MIB = 1024 * 1024
 GIB = 1024**3
@@ -229,17 +230,7 @@ def test_sentence_transformers_module_weights_are_counted(tmp_path: Path) -> Non
 
 
 def test_every_tiny_model_scans_with_its_type(tiny_models: dict[str, Path]) -> None:
-    expected = {
-        "tiny-llama-chat": ModelType.CHAT,
-        "tiny-qwen2-chat": ModelType.CHAT,
-        "tiny-bert-embed": ModelType.EMBEDDING,
-        "tiny-qwen3-embed": ModelType.EMBEDDING,
-        "tiny-bert-reranker": ModelType.RERANKER,
-        "tiny-qwen3-reranker": ModelType.RERANKER,
-        "tiny-vit": ModelType.VISION,
-        "tiny-dinov2": ModelType.VISION,
-        "tiny-clip": ModelType.MULTIMODAL,
-    }
+    expected = {name: ModelType(kind) for name, kind in TINY_TYPES.items()}
     roots = {path.parent for path in tiny_models.values()}
     (root,) = roots
     catalog = scan(root, max_model_len=2048)

@@ -525,3 +525,17 @@ if __name__ == "__main__":
     for name, path in built.items():
         print(f"{name}: {path}")
     print(f"built {len(built)} models in {time.perf_counter() - start:.1f}s")
+
+
+# The type each tiny model must be classified as (tests of the catalog use it).
+TINY_TYPES = {
+    "tiny-llama-chat": "chat",
+    "tiny-qwen2-chat": "chat",
+    "tiny-bert-embed": "embedding",
+    "tiny-qwen3-embed": "embedding",
+    "tiny-bert-reranker": "reranker",
+    "tiny-qwen3-reranker": "reranker",
+    "tiny-vit": "vision",
+    "tiny-dinov2": "vision",
+    "tiny-clip": "multimodal",
+}

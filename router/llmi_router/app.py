@@ -31,7 +31,14 @@ from llmi.protocol.vision import (
     VisionSimilarityRequest,
 )
 from llmi.settings import Settings
-from llmi.web import SSE_DONE, BodyLimitMiddleware, install_error_handlers, parse_body, sse_event
+from llmi.web import (
+    SSE_DONE,
+    BodyLimitMiddleware,
+    install_error_handlers,
+    parse_body,
+    sse_event,
+    unless_client_leaves,
+)
 from llmi_router.metrics import RouterMetrics
 from llmi_router.supervisor import Supervisor, check_endpoint
 
@@ -124,7 +131,7 @@ def build_router_app(
                 _relay_stream(upstream, lease.release, model), status_code=upstream.status_code, headers=headers
             )
         try:
-            content = await upstream.aread()
+            content = await unless_client_leaves(request, upstream.aread())
         except httpx.HTTPError as exc:
             raise UpstreamFailed(f"The runtime of '{model}' failed mid-answer: {type(exc).__name__}.") from None
         finally:

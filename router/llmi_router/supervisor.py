@@ -170,7 +170,7 @@ class Supervisor:
                 {
                     "id": name,
                     "object": "model",
-                    "created": 0,
+                    "created": _created(slot),
                     "owned_by": "llmi",
                     "type": str(slot.entry.type),
                     "state": PUBLIC_STATE[slot.state],
@@ -456,6 +456,14 @@ class Supervisor:
 
 
 _HOLDING = {State.STARTING, State.READY, State.DRAINING}
+
+
+def _created(slot: Slot) -> int:
+    """OpenAI's ``created``: when the model folder last changed."""
+    try:
+        return int(slot.entry.path.stat().st_mtime)
+    except OSError:
+        return 0
 
 
 def _backoff(failures: int) -> float:

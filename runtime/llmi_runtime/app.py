@@ -7,13 +7,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from llmi import __version__
 from llmi.modeltypes import ENDPOINTS
 from llmi.web import ASGIApp, BodyLimitMiddleware, Message, Receive, Scope, Send, install_error_handlers
 from llmi_runtime.api import embeddings, meta, rerank, text, vision
-from llmi_runtime.api.deps import ClientGone
 from llmi_runtime.state import RuntimeState
 
 QUIET = {"/healthz", "/readyz", "/metrics", "/v1/health"}
@@ -72,11 +71,6 @@ def build_app(state: RuntimeState, on_load_failure: Callable[[], None] | None = 
     for module in (text, embeddings, rerank, vision, meta):
         app.include_router(module.router)
     install_error_handlers(app)
-
-    async def client_gone(_: Request, __: Exception) -> Response:
-        return Response(status_code=499)  # nobody is listening; nothing to log
-
-    app.add_exception_handler(ClientGone, client_gone)
 
     app.add_middleware(MetricsMiddleware, state=state, paths=API_PATHS)
     app.add_middleware(BodyLimitMiddleware, limit=state.settings.max_request_bytes)

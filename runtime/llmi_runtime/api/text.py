@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llmi.errors import BadRequest, LlmiError
 from llmi.protocol.chat import ChatCompletionRequest, CompletionRequest, SamplingFields
-from llmi.web import SSE_DONE, parse_body, sse_event
-from llmi_runtime.api.deps import new_id, now, state_of, unless_client_leaves, usage
+from llmi.web import SSE_DONE, parse_body, sse_event, unless_client_leaves
+from llmi_runtime.api.deps import new_id, now, state_of, usage
 from llmi_runtime.engines.sampling import Delta, SamplingParams
 from llmi_runtime.state import RuntimeState
 
