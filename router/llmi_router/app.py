@@ -20,7 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from llmi import __version__
-from llmi.errors import LlmiError, ModelNotFound, UpstreamFailed
+from llmi.errors import BadRequest, LlmiError, ModelNotFound, UpstreamFailed
+from llmi.modeltypes import ENDPOINTS, ModelType
 from llmi.protocol.chat import ChatCompletionRequest, CompletionRequest
 from llmi.protocol.embeddings import EmbeddingRequest
 from llmi.protocol.rerank import RerankRequest
@@ -40,7 +41,7 @@ from llmi.web import (
     unless_client_leaves,
 )
 from llmi_router.metrics import RouterMetrics
-from llmi_router.supervisor import Supervisor, check_endpoint
+from llmi_router.ports import ControlPlane
 
 log = logging.getLogger("llmi.router")
 
@@ -58,7 +59,7 @@ HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive"
 
 
 def build_router_app(
-    supervisor: Supervisor,
+    control: ControlPlane,
     settings: Settings,
     metrics: RouterMetrics,
     background: Callable[[], Awaitable[None]] | None = None,
@@ -78,7 +79,7 @@ def build_router_app(
         finally:
             if task is not None:
                 task.cancel()
-            await supervisor.close()
+            await control.close()
             await client.aclose()
 
     app = FastAPI(title="llmi", version=__version__, lifespan=lifespan)
@@ -91,7 +92,7 @@ def build_router_app(
             try:
                 parsed = await parse_body(request, model_cls)
                 model = parsed.model  # type: ignore[attr-defined]
-                check_endpoint(supervisor, model, path)
+                check_endpoint(control, model, path)
                 response = await _forward(request, path, model, bool(getattr(parsed, "stream", False)))
                 status = response.status_code
                 return response
@@ -99,7 +100,7 @@ def build_router_app(
                 status = exc.status
                 raise
             finally:
-                known = model if supervisor.model_type(model) else "-"
+                known = model if control.model_type(model) else "-"
                 metrics.requests.labels(known, path, str(status)).inc()
                 metrics.latency.labels(known, path).observe(time.perf_counter() - t0)
 
@@ -108,7 +109,7 @@ def build_router_app(
     async def _forward(request: Request, path: str, model: str, stream: bool) -> Response:
         body = await request.body()
         for attempt in (1, 2):
-            lease = await supervisor.acquire(model, settings.queue_timeout_s)
+            lease = await control.acquire(model, settings.queue_timeout_s)
             try:
                 upstream = await client.send(
                     client.build_request(
@@ -120,7 +121,7 @@ def build_router_app(
             except httpx.ConnectError:
                 # Nothing was sent: if the runtime just died, retry once on a fresh one.
                 lease.release()
-                if attempt == 2 or not await supervisor.forget_if_dead(model, lease.url):
+                if attempt == 2 or not await control.forget_if_dead(model, lease.url):
                     raise UpstreamFailed(f"The runtime of '{model}' is not reachable.") from None
             except httpx.HTTPError as exc:
                 lease.release()
@@ -153,24 +154,33 @@ def build_router_app(
             await upstream.aclose()
             release()
 
+    def check_endpoint(control: ControlPlane, model: str, path: str) -> None:
+        """404 for an unknown model, 400 when its type does not serve ``path``."""
+        kind = control.model_type(model)
+        if kind is None:
+            raise ModelNotFound(model)
+        if path not in ENDPOINTS[ModelType(kind)]:
+            raise BadRequest(
+                f"Model '{model}' is a {kind} model and does not serve {path}.", param="model", code="wrong_model_type"
+            )
+
     for path, model_cls in ROUTES.items():
         app.add_api_route(path, make_handler(path, model_cls), methods=["POST"], include_in_schema=True)
 
     @app.get("/v1/models")
     async def list_models() -> JSONResponse:
-        return JSONResponse({"object": "list", "data": supervisor.describe()})
+        return JSONResponse({"object": "list", "data": control.describe()})
 
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str) -> JSONResponse:
-        for item in supervisor.describe():
+        for item in control.describe():
             if item["id"] == model:
                 return JSONResponse(item)
         raise ModelNotFound(model)
 
     @app.get("/v1/health")
     async def health() -> JSONResponse:
-        snap = supervisor.snapshot()
-        body: dict[str, Any] = {"status": "ok", "version": __version__, **snap, "problems": supervisor.problems}
+        body: dict[str, Any] = {"status": "ok", "version": __version__, **control.health()}
         return JSONResponse(body)
 
     @app.get("/healthz")

@@ -31,3 +31,16 @@ class ControlPlane(Protocol):
     def describe(self) -> list[dict[str, Any]]:
         """Every model with its type, state, memory and placement, for /v1/models."""
         ...
+
+    def health(self) -> dict[str, Any]:
+        """What /v1/health adds: memory planned and budget, states, problems."""
+        ...
+
+    async def forget_if_dead(self, model: str, url: str) -> bool:
+        """After a refused connection to ``url``: True when that runtime is gone and a retry
+        may reach a fresh one."""
+        ...
+
+    async def close(self) -> None:
+        """Stop background work (and, embedded, every runtime)."""
+        ...

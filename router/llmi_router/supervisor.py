@@ -20,8 +20,7 @@ from typing import Any, Protocol
 
 from llmi import planner
 from llmi.catalog.scan import Catalog, ModelEntry
-from llmi.errors import BadRequest, ModelNotFound, TooManyRequests, Unavailable
-from llmi.modeltypes import ENDPOINTS, ModelType
+from llmi.errors import ModelNotFound, TooManyRequests, Unavailable
 from llmi.settings import Settings
 from llmi_router.metrics import RouterMetrics
 from llmi_router.process import ProcessLauncher, StartFailed
@@ -181,6 +180,9 @@ class Supervisor:
                 }
             )
         return out
+
+    def health(self) -> dict[str, Any]:
+        return {**self.snapshot(), "problems": self.problems}
 
     def snapshot(self) -> dict[str, Any]:
         """Planned memory and states, for tests and /v1/health."""
@@ -468,14 +470,3 @@ def _created(slot: Slot) -> int:
 
 def _backoff(failures: int) -> float:
     return 0.0 if failures <= 1 else min(2.0 ** (failures - 1), 60.0)
-
-
-def check_endpoint(supervisor: Supervisor, model: str, path: str) -> None:
-    """404 for an unknown model, 400 when its type does not serve ``path``."""
-    kind = supervisor.model_type(model)
-    if kind is None:
-        raise ModelNotFound(model)
-    if path not in ENDPOINTS[ModelType(kind)]:
-        raise BadRequest(
-            f"Model '{model}' is a {kind} model and does not serve {path}.", param="model", code="wrong_model_type"
-        )

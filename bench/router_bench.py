@@ -1,0 +1,383 @@
+"""Benchmark the `llmi serve` router against calling `llmi runtime` directly, on tiny CPU models.
+
+Run from the repository root:
+
+    python -m bench.router_bench [--model-dir DIR] [--requests N] [--concurrency C] [--rounds R]
+                                 [--streams S] [--threads T] [--json]
+
+One `llmi serve` on a folder with tiny-bert-embed and tiny-llama-chat (budget large enough to
+keep both loaded), and one standalone `llmi runtime` per model started with the same
+``--type``/``--placement`` the router gave its own runtimes and the same OMP_NUM_THREADS.
+The router is warmed up first (both models loaded), so what is measured is the steady-state
+cost of the extra hop, not model loading.
+
+Figures, each for "direct" (the runtimes' own ports) and "router" (the serve port):
+
+1. sequential latency, p50 and p99, of small requests: /v1/embeddings of one short string,
+   and non-streamed /v1/chat/completions with max_tokens 1;
+2. throughput (req/s) of the same two requests with C concurrent clients;
+3. streamed chat, exactly 32 greedy tokens (eos suppressed): time to first content delta
+   and total time, p50.
+
+Every figure gets N requests per target (S for streams), split over R rounds; each round runs
+a batch on one target then the same batch on the other, the order alternating between rounds,
+so drift on a noisy machine hits both sides alike. One ``httpx.AsyncClient`` per target with
+keep-alive, request bodies encoded once, times from ``time.perf_counter``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import transformers
+
+from bench.runtime_bench import CHAT_MODEL, EMBED_MODEL, MESSAGES, Row, ensure_models
+from tests.serve_process import ServeProcess, start_serve
+from tests.servers import RuntimeProcess, runtime_env, start_runtime, wait_ready
+from tests.tiny_models import IM_END
+
+MODELS = (EMBED_MODEL, CHAT_MODEL)
+TARGETS = ("direct", "router")
+STREAM_TOKENS = 32
+JSON_HEADERS = {"content-type": "application/json"}
+LOAD_TIMEOUT_S = 300.0
+
+# The figures, in table order: (key, label).
+SEQ = [("embed", f"embeddings ({EMBED_MODEL}, 1 string)"), ("chat1", f"chat ({CHAT_MODEL}, max_tokens 1)")]
+
+
+@dataclass
+class Target:
+    """Where one side sends each model's requests, and its single keep-alive client."""
+
+    name: str
+    urls: dict[str, str]
+    client: httpx.AsyncClient
+    latency: dict[str, list[float]] = field(default_factory=dict)
+    busy: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # (requests, seconds) per batch
+    ttft: list[float] = field(default_factory=list)
+    stream_total: list[float] = field(default_factory=list)
+    stream_texts: set[str] = field(default_factory=set)
+    stream_tokens: set[int] = field(default_factory=set)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo = math.floor(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` as ``parts`` near-equal counts."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def eos_id(folder: Path) -> int:
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    for token in tokenizer["added_tokens"]:
+        if token["content"] == IM_END:
+            return int(token["id"])
+    raise LookupError(f"{IM_END} is not a token of {folder}")
+
+
+def bodies(eos: int) -> dict[str, bytes]:
+    def enc(body: dict[str, Any]) -> bytes:
+        return json.dumps(body).encode()
+
+    return {
+        "embed": enc({"model": EMBED_MODEL, "input": "The quick brown fox."}),
+        "chat1": enc(
+            {
+                "model": CHAT_MODEL,
+                "messages": [{"role": "user", "content": "Hello!"}],
+                "max_tokens": 1,
+                "temperature": 0,
+            }
+        ),
+        "stream": enc(
+            {
+                "model": CHAT_MODEL,
+                "messages": MESSAGES,
+                "max_tokens": STREAM_TOKENS,
+                "temperature": 0,
+                "logit_bias": {str(eos): -100},
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        ),
+    }
+
+
+PATHS = {"embed": (EMBED_MODEL, "/v1/embeddings"), "chat1": (CHAT_MODEL, "/v1/chat/completions")}
+
+
+# --------------------------------------------------------------------------- one request
+
+
+async def post(target: Target, kind: str, body: bytes) -> float:
+    model, path = PATHS[kind]
+    t0 = time.perf_counter()
+    r = await target.client.post(f"{target.urls[model]}{path}", content=body, headers=JSON_HEADERS)
+    elapsed = time.perf_counter() - t0
+    if r.status_code != 200:
+        raise RuntimeError(f"{target.name} {path}: HTTP {r.status_code}: {r.text[:500]}")
+    return elapsed
+
+
+async def stream(target: Target, body: bytes) -> tuple[float, float, str, int]:
+    """(time to first content delta, total time, text, completion tokens) of one streamed chat."""
+    parts: list[str] = []
+    tokens, first = 0, math.nan
+    t0 = time.perf_counter()
+    url = f"{target.urls[CHAT_MODEL]}/v1/chat/completions"
+    async with target.client.stream("POST", url, content=body, headers=JSON_HEADERS) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{target.name} stream: HTTP {r.status_code}: {(await r.aread())[:500]!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[len("data: ") :])
+            if "error" in event:
+                raise RuntimeError(f"{target.name} stream: {event['error']}")
+            if event.get("usage"):
+                tokens = int(event["usage"]["completion_tokens"])
+            for choice in event.get("choices", []):
+                if content := choice["delta"].get("content"):
+                    if math.isnan(first):
+                        first = time.perf_counter() - t0
+                    parts.append(content)
+    return first, time.perf_counter() - t0, "".join(parts), tokens
+
+
+# --------------------------------------------------------------------------- batches
+
+
+async def sequential(target: Target, kind: str, body: bytes, n: int) -> None:
+    lat = target.latency.setdefault(kind, [])
+    for _ in range(n):
+        lat.append(await post(target, kind, body))
+
+
+async def concurrent(target: Target, kind: str, body: bytes, n: int, clients: int) -> None:
+    """``n`` requests from ``clients`` workers, each sending its next one as soon as the last returns."""
+    left = n
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await post(target, kind, body)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(min(clients, n))))
+    target.busy.setdefault(kind, []).append((n, time.perf_counter() - t0))
+
+
+async def streams(target: Target, body: bytes, n: int) -> None:
+    for _ in range(n):
+        first, total, text, tokens = await stream(target, body)
+        target.ttft.append(first)
+        target.stream_total.append(total)
+        target.stream_texts.add(text)
+        target.stream_tokens.add(tokens)
+
+
+async def measure(urls: dict[str, dict[str, str]], body: dict[str, bytes], args: argparse.Namespace) -> dict[str, Row]:
+    limits = httpx.Limits(max_connections=2 * args.concurrency, max_keepalive_connections=2 * args.concurrency)
+    async with contextlib.AsyncExitStack() as stack:
+        targets = [
+            Target(name, urls[name], await stack.enter_async_context(httpx.AsyncClient(timeout=120, limits=limits)))
+            for name in TARGETS
+        ]
+        # Untimed warm-up: connections opened, every code path run once on both sides.
+        for t in targets:
+            for kind in PATHS:
+                await concurrent(t, kind, body[kind], 2 * args.concurrency, args.concurrency)
+            await streams(t, body["stream"], 2)
+            t.latency.clear()
+            t.busy.clear()
+            t.ttft.clear()
+            t.stream_total.clear()
+
+        rounds = zip(split(args.requests, args.rounds), split(args.streams, args.rounds), strict=True)
+        for i, (n, s) in enumerate(rounds):
+            order = targets if i % 2 == 0 else targets[::-1]
+            for kind in PATHS:
+                for t in order:
+                    await sequential(t, kind, body[kind], n)
+            for kind in PATHS:
+                for t in order:
+                    await concurrent(t, kind, body[kind], n, args.concurrency)
+            for t in order:
+                await streams(t, body["stream"], s)
+    return {t.name: summarize(t) for t in targets}
+
+
+def summarize(t: Target) -> Row:
+    row: Row = {}
+    for kind, values in t.latency.items():
+        row[f"{kind}_p50_ms"] = 1000 * percentile(values, 0.5)
+        row[f"{kind}_p99_ms"] = 1000 * percentile(values, 0.99)
+    for kind, batches in t.busy.items():
+        row[f"{kind}_req_s"] = sum(n for n, _ in batches) / sum(s for _, s in batches)
+    row["stream_ttft_p50_ms"] = 1000 * percentile(t.ttft, 0.5)
+    row["stream_total_p50_ms"] = 1000 * percentile(t.stream_total, 0.5)
+    row["stream_texts"] = sorted(t.stream_texts)
+    row["stream_tokens"] = sorted(t.stream_tokens)
+    return row
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def warm_router(serve: ServeProcess, body: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+    """Load both models through the router; return /v1/models entries (type, placement)."""
+    with httpx.Client(base_url=serve.url, timeout=LOAD_TIMEOUT_S) as client:
+        for kind, (_, path) in PATHS.items():
+            r = client.post(path, content=body[kind], headers=JSON_HEADERS)
+            if r.status_code != 200:
+                raise RuntimeError(f"router warm-up {path}: HTTP {r.status_code}: {r.text[:500]}")
+        models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    states = {name: models[name]["state"] for name in MODELS}
+    if any(state != "ready" for state in states.values()):
+        raise RuntimeError(f"not every model stayed loaded in the router: {states}")
+    return models
+
+
+def stop_serve(serve: ServeProcess, keep: set[int]) -> None:
+    """Stop `llmi serve`; SIGKILL any of its runtimes that outlived it."""
+    serve.stop()
+    for pid in set(serve.runtime_pids()) - keep:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            print(f"router_bench: killed a leftover runtime (pid {pid})", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- report
+
+# (label, key, unit, higher is better)
+FIGURES: list[tuple[str, str, str, bool]] = [
+    *((f"{label} p{p}", f"{kind}_p{p}_ms", "ms", False) for kind, label in SEQ for p in (50, 99)),
+    *((f"{label} C={{c}}", f"{kind}_req_s", "req/s", True) for kind, label in SEQ),
+    (f"stream {STREAM_TOKENS} tokens TTFT p50", "stream_ttft_p50_ms", "ms", False),
+    (f"stream {STREAM_TOKENS} tokens total p50", "stream_total_p50_ms", "ms", False),
+]
+
+
+def compare(rows: dict[str, Row], concurrency: int) -> dict[str, Row]:
+    """Per figure: both values, router/direct, and the added ms (per request for throughput)."""
+    out: dict[str, Row] = {}
+    for label, key, unit, _ in FIGURES:
+        d, r = rows["direct"][key], rows["router"][key]
+        added = 1000 / r - 1000 / d if unit == "req/s" else r - d
+        out[label.format(c=concurrency)] = {"unit": unit, "direct": d, "router": r, "ratio": r / d, "added_ms": added}
+    return out
+
+
+def print_table(result: dict[str, Any]) -> None:
+    c = result["config"]
+    print(
+        f"llmi router bench: OMP_NUM_THREADS={c['threads']} for every runtime, {c['requests']} requests per "
+        f"figure and target ({c['streams']} streams) in {c['rounds']} alternating rounds, "
+        f"concurrency={c['concurrency']}, cpus={c['cpus']}, placement={c['placement']}"
+    )
+    print(f"\n{'figure':46} {'unit':>6} {'direct':>9} {'router':>9} {'router/direct':>14} {'added ms':>9}")
+    for label, f in result["figures"].items():
+        print(
+            f"  {label:44} {f['unit']:>6} {f['direct']:9.2f} {f['router']:9.2f} {f['ratio']:13.2f}x "
+            f"{f['added_ms']:+9.2f}"
+        )
+    check = result["checks"]
+    print(
+        f"\nstreamed text identical on both sides: {'yes' if check['same_stream_text'] else 'NO'}; "
+        f"completion tokens per stream: {check['stream_tokens']}"
+    )
+    print("added ms = router - direct; for req/s rows, the added wall time per request (1000/rate).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.router_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, help="where the tiny models are (built there if missing)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per figure and target (default 200)")
+    parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients for req/s (default 8)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating direct/router rounds (default 5)")
+    parser.add_argument("--streams", type=int, default=40, help="streamed chats per target (default 40)")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every runtime (default 1)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    args = parser.parse_args(argv)
+    if min(args.requests, args.streams) < args.rounds or min(args.rounds, args.concurrency, args.threads) < 1:
+        parser.error("--requests and --streams must be at least --rounds, and every count at least 1")
+    # SIGTERM unwinds like Ctrl-C, so the ExitStack below stops every process.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    transformers.utils.logging.disable_progress_bar()
+
+    env = runtime_env(OMP_NUM_THREADS=str(args.threads), LLM_LOG_LEVEL="WARNING", LLM_AUTO_UNLOAD_MODELS="false")
+    with tempfile.TemporaryDirectory(prefix="llmi-router-bench-") as tmp, contextlib.ExitStack() as stack:
+        root = args.model_dir or Path(tmp) / "models"
+        folders = ensure_models(root)
+        body = bodies(eos_id(folders[CHAT_MODEL]))
+        print(f"router_bench: OMP_NUM_THREADS={args.threads}; starting llmi serve on {root}", file=sys.stderr)
+
+        direct: dict[str, RuntimeProcess] = {}
+        serve = start_serve(root, Path(tmp), "--cpu-memory-gb", "64", env=env)
+        stack.callback(lambda: stop_serve(serve, {r.proc.pid for r in direct.values()}))
+        try:
+            models = warm_router(serve, body)
+            # Standalone runtimes started exactly as the router started its own.
+            for name in MODELS:
+                flags = ("--type", models[name]["type"], "--placement", models[name]["placement"])
+                direct[name] = start_runtime(folders[name], Path(tmp), *flags, name=name, env=env, wait=False)
+                stack.callback(direct[name].stop)
+            for runtime in direct.values():
+                wait_ready(runtime)
+            print("router_bench: router warm, runtimes ready; measuring", file=sys.stderr)
+            urls = {"direct": {n: r.url for n, r in direct.items()}, "router": dict.fromkeys(MODELS, serve.url)}
+            rows = asyncio.run(measure(urls, body, args))
+        except BaseException:
+            print(f"router_bench: failed; llmi serve log:\n{serve.output()[-4000:]}", file=sys.stderr)
+            raise
+
+    result: dict[str, Any] = {
+        "config": {
+            "threads": args.threads,
+            "requests": args.requests,
+            "streams": args.streams,
+            "rounds": args.rounds,
+            "concurrency": args.concurrency,
+            "cpus": os.cpu_count(),
+            "placement": ",".join(sorted({str(models[n]["placement"]) for n in MODELS})),
+        },
+        "figures": compare(rows, args.concurrency),
+        "checks": {
+            "same_stream_text": len({*rows["direct"]["stream_texts"], *rows["router"]["stream_texts"]}) == 1,
+            "stream_tokens": sorted({*rows["direct"]["stream_tokens"], *rows["router"]["stream_tokens"]}),
+        },
+        "raw": rows,
+    }
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
