@@ -56,7 +56,8 @@ STREAM_TOKENS = 32
 JSON_HEADERS = {"content-type": "application/json"}
 LOAD_TIMEOUT_S = 300.0
 
-# The figures, in table order: (key, label).
+# The small requests: key -> (model, path), and their labels.
+PATHS = {"embed": (EMBED_MODEL, "/v1/embeddings"), "chat1": (CHAT_MODEL, "/v1/chat/completions")}
 SEQ = [("embed", f"embeddings ({EMBED_MODEL}, 1 string)"), ("chat1", f"chat ({CHAT_MODEL}, max_tokens 1)")]
 
 
@@ -123,9 +124,6 @@ def bodies(eos: int) -> dict[str, bytes]:
             }
         ),
     }
-
-
-PATHS = {"embed": (EMBED_MODEL, "/v1/embeddings"), "chat1": (CHAT_MODEL, "/v1/chat/completions")}
 
 
 # --------------------------------------------------------------------------- one request
@@ -272,19 +270,19 @@ def stop_serve(serve: ServeProcess, keep: set[int]) -> None:
 
 # --------------------------------------------------------------------------- report
 
-# (label, key, unit, higher is better)
-FIGURES: list[tuple[str, str, str, bool]] = [
-    *((f"{label} p{p}", f"{kind}_p{p}_ms", "ms", False) for kind, label in SEQ for p in (50, 99)),
-    *((f"{label} C={{c}}", f"{kind}_req_s", "req/s", True) for kind, label in SEQ),
-    (f"stream {STREAM_TOKENS} tokens TTFT p50", "stream_ttft_p50_ms", "ms", False),
-    (f"stream {STREAM_TOKENS} tokens total p50", "stream_total_p50_ms", "ms", False),
+# The table's rows: (label, key in summarize()'s row, unit).
+FIGURES: list[tuple[str, str, str]] = [
+    *((f"{label} p{p}", f"{kind}_p{p}_ms", "ms") for kind, label in SEQ for p in (50, 99)),
+    *((f"{label} C={{c}}", f"{kind}_req_s", "req/s") for kind, label in SEQ),
+    (f"stream {STREAM_TOKENS} tokens TTFT p50", "stream_ttft_p50_ms", "ms"),
+    (f"stream {STREAM_TOKENS} tokens total p50", "stream_total_p50_ms", "ms"),
 ]
 
 
 def compare(rows: dict[str, Row], concurrency: int) -> dict[str, Row]:
     """Per figure: both values, router/direct, and the added ms (per request for throughput)."""
     out: dict[str, Row] = {}
-    for label, key, unit, _ in FIGURES:
+    for label, key, unit in FIGURES:
         d, r = rows["direct"][key], rows["router"][key]
         added = 1000 / r - 1000 / d if unit == "req/s" else r - d
         out[label.format(c=concurrency)] = {"unit": unit, "direct": d, "router": r, "ratio": r / d, "added_ms": added}
@@ -350,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
             print("router_bench: router warm, runtimes ready; measuring", file=sys.stderr)
             urls = {"direct": {n: r.url for n, r in direct.items()}, "router": dict.fromkeys(MODELS, serve.url)}
             rows = asyncio.run(measure(urls, body, args))
-        except BaseException:
-            print(f"router_bench: failed; llmi serve log:\n{serve.output()[-4000:]}", file=sys.stderr)
+        except Exception:
+            print(f"router_bench: failed; end of the llmi serve log:\n{serve.output()[-4000:]}", file=sys.stderr)
             raise
 
     result: dict[str, Any] = {
