@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest image (width x height); larger ones are refused as bombs."
     )
+    max_request_pixels: int = Field(
+        120_000_000, ge=1, description="Most pixels all images of one request may decode to together."
+    )
     max_images_per_request: int = Field(64, ge=1, description="Most images in one request.")
     max_batch_inputs: int = Field(2048, ge=1, description="Most inputs/documents/texts in one request.")
     max_input_chars: int = Field(

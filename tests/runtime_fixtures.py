@@ -10,7 +10,11 @@ import pytest
 from tests.servers import RuntimeProcess, runtime_env, start_runtime
 
 # Small limits so that oversize tests stay cheap; the defaults are tested in unit tests.
-RUNTIME_LIMITS = {"LLM_MAX_REQUEST_BYTES": str(2 * 1024 * 1024), "LLM_MAX_BATCH_INPUTS": "64"}
+RUNTIME_LIMITS = {
+    "LLM_MAX_REQUEST_BYTES": str(2 * 1024 * 1024),
+    "LLM_MAX_BATCH_INPUTS": "64",
+    "LLM_MAX_REQUEST_PIXELS": "50000",
+}
 
 
 @pytest.fixture(scope="session")

@@ -121,6 +121,8 @@ def cases() -> list[Case]:
             add("image-bomb", {**full, field: [_bomb()] if field == "images" else _bomb()}, 400)
         if "images" in valid:
             add("too-many-images", {**full, "images": [PNG] * 65})
+            # 30 images of 48x40 pixels: over the 50,000 pixels the test runtimes allow per request.
+            add("too-many-pixels", {**full, "images": [b64(picture(i)) for i in range(30)]})
         other = "/v1/embeddings" if path != "/v1/embeddings" else "/v1/chat/completions"
         wrong = (
             {"model": model, "input": "x"}
@@ -168,6 +170,8 @@ def cases() -> list[Case]:
         "logit-bias-too-big": ({"messages": msgs, "logit_bias": {"1": 500}}, None),
         "penalty-out-of-range": ({"messages": msgs, "presence_penalty": 3}, "presence_penalty"),
         "seed-string": ({"messages": msgs, "seed": "42"}, "seed"),
+        "seed-beyond-64-bits": ({"messages": msgs, "seed": 10**30}, "seed"),
+        "logit-bias-too-many": ({"messages": msgs, "logit_bias": {str(i): 1 for i in range(2000)}}, "logit_bias"),
     }
     for id_, (body, param) in chat_cases.items():
         out.append(Case(f"chat:{id_}", "/v1/chat/completions", {"model": chat, **body}, 400, param))

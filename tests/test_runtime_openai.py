@@ -65,6 +65,14 @@ def test_chat_max_tokens_gives_length(runtimes: Runtimes) -> None:
     assert out.usage.completion_tokens <= 3
 
 
+def test_tiny_temperature_is_greedy_not_an_error(runtimes: Runtimes) -> None:
+    c = client(runtimes("tiny-llama-chat"))
+    kwargs = {"model": "tiny-llama-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 12}
+    greedy = c.chat.completions.create(**kwargs, temperature=0)  # type: ignore[call-overload]
+    tiny = c.chat.completions.create(**kwargs, temperature=1e-9, seed=-5)  # type: ignore[call-overload]
+    assert tiny.choices[0].message.content == greedy.choices[0].message.content
+
+
 def test_seeded_sampling_is_reproducible(runtimes: Runtimes) -> None:
     c = client(runtimes("tiny-llama-chat"))
     kwargs = {

@@ -67,10 +67,10 @@ class SamplingFields(Request):
     top_k: Annotated[int, Field(ge=-1)] | None = None
     max_tokens: PositiveInt | None = None
     stop: StopWord | Annotated[list[StopWord], Field(max_length=16)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=1024)] | None = None
     n: Annotated[int, Field(ge=1, le=1)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

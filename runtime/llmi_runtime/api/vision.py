@@ -38,15 +38,23 @@ async def _images(state: RuntimeState, images: Sequence[str], param: str, indexe
         raise BadRequest(f"At most {limits.max_images_per_request} images per request.", param=param)
 
     def decode_all() -> list[Image.Image]:
-        return [
-            decode_image(
-                data,
-                param=f"{param}.{i}" if indexed else param,
-                max_bytes=limits.max_image_bytes,
-                max_pixels=limits.max_image_pixels,
+        decoded, pixels = [], 0
+        for i, data in enumerate(images):
+            where = f"{param}.{i}" if indexed else param
+            image = decode_image(
+                data, param=where, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels
             )
-            for i, data in enumerate(images)
-        ]
+            pixels += image.width * image.height
+            if pixels > limits.max_request_pixels:
+                # Many small-looking images can still decode into gigabytes together.
+                raise BadRequest(
+                    f"The images of this request exceed {limits.max_request_pixels} pixels in total "
+                    "(LLM_MAX_REQUEST_PIXELS).",
+                    param=where,
+                    code="image_too_large",
+                )
+            decoded.append(image)
+        return decoded
 
     # Decoding is CPU work: keep it off the event loop and off the model's thread.
     return await asyncio.to_thread(decode_all)

@@ -21,6 +21,9 @@ from llmi.modeltypes import ModelType
 from llmi_runtime.engines.base import LoadOptions, module_facts, place
 from llmi_runtime.engines.sampling import Delta, SamplingParams
 
+# Temperatures this small would overflow the softmax; they mean "greedy" (as in vLLM).
+GREEDY_BELOW = 1e-5
+
 
 class ChatEngine:
     model_type = ModelType.CHAT
@@ -113,7 +116,7 @@ class ChatEngine:
         """Yield one Delta per generated token (text may be empty while it is held back)."""
         generator = torch.Generator(device=self.device)
         if params.seed is not None:
-            generator.manual_seed(params.seed)
+            generator.manual_seed(params.seed % 2**64)
         else:
             generator.seed()
         counts = torch.zeros(self.vocab_size, device=self.device)
@@ -163,7 +166,7 @@ def _pick(
         logits = logits + bias
     if p.frequency_penalty or p.presence_penalty:
         logits = logits - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).float()
-    if p.temperature == 0:
+    if p.temperature < GREEDY_BELOW:
         return int(torch.argmax(logits))
     logits = logits / p.temperature
     if p.top_k > 0 and p.top_k < logits.shape[-1]:
