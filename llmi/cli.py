@@ -25,6 +25,8 @@ REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-
 COMPONENTS = {
     "runtime": ("llmi_runtime.server", "run", "needs the runtime extra (pip install 'llmi[runtime]')"),
     "serve": ("llmi_router.serve", "run_serve", "could not start"),
+    "router": ("llmi_router.kube_main", "run_router", "needs the kube extra (pip install 'llmi[kube]')"),
+    "operator": ("llmi_operator.main", "run_operator", "needs the kube extra (pip install 'llmi[kube]')"),
 }
 
 
@@ -39,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_arguments(sub.add_parser("models", help="list the model folders llmi can serve"))
     add_pull_arguments(sub.add_parser("pull", help="download a model from the Hugging Face Hub"))
     add_serve_arguments(sub.add_parser("serve", help="serve every model in the models folder (embedded mode)"))
+    add_router_arguments(sub.add_parser("router", help="the router alone, for LocalModels on Kubernetes"))
+    add_operator_arguments(sub.add_parser("operator", help="the Kubernetes operator: LocalModels, discovery, budget"))
     return parser
 
 
@@ -82,6 +86,39 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--cpu-memory-gb",
         type=positive_float,
         help="memory budget in GiB when there is no GPU (default: LLM_CPU_MEMORY_BUDGET_GB)",
+    )
+
+
+def add_router_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubernetes", action="store_true", help="use LocalModels and the llmi operator (required)")
+    parser.add_argument("--namespace", help="namespace of the LocalModels (default: the pod's, else the kubeconfig's)")
+    parser.add_argument("--host", help="address to listen on (default: LLM_HOST, else 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: LLM_PORT, else 15530)")
+    parser.add_argument(
+        "--kube-server", metavar="URL", help="API server URL used without credentials (kubectl proxy, tests)"
+    )
+    parser.add_argument(
+        "--last-request-interval",
+        type=positive_float,
+        default=30.0,
+        metavar="S",
+        help="record a model's last request time at most this often (default: 30 s)",
+    )
+
+
+def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--namespace", help="namespace whose LocalModels to serve (default: LLMI_NAMESPACE)")
+    parser.add_argument(
+        "--models-dir", type=Path, help="models volume mount in the operator (default: LLMI_MODELS_DIR)"
+    )
+    parser.add_argument(
+        "--standalone",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run without kopf peering (default; the operator runs as one replica)",
+    )
+    parser.add_argument(
+        "--liveness", metavar="URL", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
 
 
