@@ -1,4 +1,8 @@
-"""The LocalModel CRD, the RBAC manifests and the LocalModel examples (docs/kubernetes.md, "Contract").
+"""The LocalModel CRD, the rendered manifests and the LocalModel examples (docs/kubernetes.md, "Contract").
+
+manifests/llmi.yaml is the Helm chart (charts/llmi) rendered with its default values by
+scripts/render-manifests.sh; the RBAC checks below read the rendered Roles and bindings, so the
+chart is the single source of the permissions (tests/test_chart.py keeps the file in step with it).
 
 Four kinds of checks, all offline and fast:
 
@@ -39,7 +43,7 @@ from referencing.exceptions import Unresolvable  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD_PATH = ROOT / "crds" / "localmodels.llmi.dev.yaml"
-RBAC_PATH = ROOT / "manifests" / "rbac.yaml"
+RENDERED_PATH = ROOT / "manifests" / "llmi.yaml"  # scripts/render-manifests.sh
 EXAMPLES_DIR = ROOT / "manifests" / "examples"
 MANIFEST_DIRS = (ROOT / "crds", ROOT / "manifests")
 
@@ -203,7 +207,7 @@ def test_kubernetes_validate_rejects_a_broken_crd(crd: dict[str, Any], breakage:
 
 
 def test_kubernetes_validate_rejects_a_broken_role() -> None:
-    role = next(d for d in load_documents(RBAC_PATH) if d["kind"] == "Role")
+    role = next(d for d in load_documents(RENDERED_PATH) if d["kind"] == "Role")
     typo = _mutate(role, lambda d: d["rules"][0].update(resource=d["rules"][0].pop("resources")))
     not_a_list = _mutate(role, lambda d: d["rules"][0].update(verbs="get"))
     for broken in (typo, not_a_list):
@@ -675,9 +679,19 @@ ROUTER_PERMISSIONS = perms(NAMESPACE, GROUP, "localmodels", "get list watch patc
 )
 
 
+RBAC_KINDS = {"ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
+
+
+def rbac_documents(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d.get("kind") in RBAC_KINDS]
+
+
 @pytest.fixture(scope="module")
 def rbac() -> list[dict[str, Any]]:
-    return load_documents(RBAC_PATH)
+    """The RBAC of the rendered chart (manifests/llmi.yaml)."""
+    docs = rbac_documents(load_documents(RENDERED_PATH))
+    assert docs, f"no RBAC in {RENDERED_PATH.relative_to(ROOT)}; run scripts/render-manifests.sh"
+    return docs
 
 
 def test_rbac_service_accounts(rbac: list[dict[str, Any]]) -> None:
