@@ -1,0 +1,147 @@
+"""kopf handlers: thin wrappers that hand every LocalModel event to the one reconcile pass.
+
+- create / update of the spec / resume after a restart: reconcile; "waiting for room" is
+  ``kopf.TemporaryError(delay=...)``, an unusable spec ``kopf.PermanentError``.
+- a timer per LocalModel: idle scale-to-zero, then reconcile (readiness, pods gone, folder gone).
+- events of the operator's Deployments: reconcile their owner at once (Ready without waiting for
+  the timer; a deleted child is re-created).
+- delete: remove the children explicitly (the garbage collector would too, via ownerReferences).
+- startup: kopf settings, the API port, the reconciler, and discovery (once, then periodically).
+
+Handlers are synchronous (kopf runs them in threads): the API port is the blocking official client.
+State lives in ``memo``, set up at startup; nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+
+from llmi_operator.children import LABEL_MANAGED_BY
+from llmi_operator.discovery import discover
+from llmi_operator.kube import Kube, RestKube, load_api_client
+from llmi_operator.localmodel import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from llmi_operator.reconcile import Reconciler
+from llmi_operator.settings import OperatorSettings
+
+log = logging.getLogger("llmi.operator")
+RESOURCE = (GROUP, VERSION, PLURAL)
+STORAGE_PREFIX = "kopf.llmi.dev"
+
+
+def notify(obj: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+    """Post a Kubernetes Event on a LocalModel through kopf's poster (outside a handler: log only)."""
+    body = {**obj, "apiVersion": API_VERSION, "kind": KIND}
+    try:
+        kopf.event(body, type=type, reason=reason, message=message[:1000])
+    except LookupError:  # no kopf context (e.g. the discovery task): the log has to do
+        log.info("%s %s/%s: %s", reason, body["metadata"].get("namespace"), body["metadata"].get("name"), message)
+
+
+def configure(kopf_settings: kopf.OperatorSettings, config: OperatorSettings) -> None:
+    """kopf's settings, in one place. Annotations, not status, keep kopf's bookkeeping: the CRD's
+    status schema is structural and would prune kopf's fields, and kopf would then loop."""
+    kopf_settings.persistence.finalizer = "llmi.dev/operator"
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=STORAGE_PREFIX, key="last-handled-configuration"
+    )
+    kopf_settings.peering.standalone = True  # one replica; the reconcile lock assumes it
+    kopf_settings.posting.level = logging.INFO
+    kopf_settings.networking.request_timeout = config.request_timeout_s
+    kopf_settings.execution.max_workers = 8  # handlers block on API calls, one lock serialises decisions
+
+
+def discover_once(memo: kopf.Memo, config: OperatorSettings) -> None:
+    """One scan, then a reconcile of each model whose folder came or went (it marks the status)."""
+    try:
+        report = discover(memo.kube, config, config.namespace)
+        for name in report.created:
+            log.info("discovered %s", name)
+        for name in report.stale:
+            memo.reconciler.reconcile(config.namespace, name)
+    except Exception:  # the next scan tries again; one bad scan must not end discovery
+        log.exception("discovery failed")
+
+
+async def discovery_loop(memo: kopf.Memo, config: OperatorSettings) -> None:
+    while True:
+        await asyncio.sleep(config.discovery_interval_s)  # a background task, not a handler
+        await asyncio.to_thread(discover_once, memo, config)
+
+
+def _reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:
+    result = memo.reconciler.reconcile(namespace, name)
+    if result.invalid is not None:
+        raise kopf.PermanentError(result.invalid)
+    if result.retry_after is not None:
+        raise kopf.TemporaryError("waiting for room on a node", delay=result.retry_after)
+
+
+def register(
+    registry: kopf.OperatorRegistry, config: OperatorSettings, kube_factory: Callable[[], Kube] | None = None
+) -> None:
+    """Register every handler into ``registry`` (a fresh registry per operator, as tests need)."""
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure(settings, config)
+        if kube_factory is not None:
+            memo.kube = kube_factory()
+        else:
+            memo.kube = RestKube(await asyncio.to_thread(load_api_client), config.request_timeout_s)
+        memo.reconciler = Reconciler(memo.kube, config, notify)
+        await asyncio.to_thread(discover_once, memo, config)
+        memo.discovery = asyncio.create_task(discovery_loop(memo, config))
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        task = memo.get("discovery")
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @kopf.on.create(*RESOURCE, id="create", registry=registry)
+    def on_create(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        _reconcile(memo, namespace, name)
+
+    @kopf.on.update(*RESOURCE, id="update", field="spec", registry=registry)
+    def on_update(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        _reconcile(memo, namespace, name)
+
+    @kopf.on.resume(*RESOURCE, id="resume", registry=registry)
+    def on_resume(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        _reconcile(memo, namespace, name)
+
+    @kopf.on.delete(*RESOURCE, id="delete", registry=registry)
+    def on_delete(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        memo.reconciler.delete_children(namespace, name)
+
+    @kopf.timer(
+        *RESOURCE,
+        id="tick",
+        interval=config.reconcile_interval_s,
+        initial_delay=config.reconcile_interval_s,
+        backoff=config.retry_delay_s,
+        registry=registry,
+    )
+    def tick(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        memo.reconciler.scale_idle(namespace, name)
+        memo.reconciler.reconcile(namespace, name)
+
+    @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: "llmi-operator"}, registry=registry)
+    def child_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        owners = body.metadata.get("ownerReferences") or []
+        owner = next((o.get("name") for o in owners if o.get("kind") == KIND), None)
+        if owner and namespace and "reconciler" in memo:
+            memo.reconciler.reconcile(namespace, owner)
