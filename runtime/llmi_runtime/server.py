@@ -40,6 +40,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     state = RuntimeState(args.name or folder.name, model_type, folder, options, settings)
     config = uvicorn.Config(
         None,  # type: ignore[arg-type]
+        # The plain asyncio loop: with uvloop, wake-ups from the model thread made streamed
+        # generation 2x slower in bench/runtime_bench.py.
+        loop="asyncio",
         host=args.host,
         port=args.port,
         log_level=settings.log_level.lower(),
