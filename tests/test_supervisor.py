@@ -26,11 +26,14 @@ class FakeHandle:
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.exited = self._exit
         self.stopped = False
+        self.stop_gate: asyncio.Event | None = None  # set by a test to hold a stop midway
 
     def reason(self) -> str:
         return "fake runtime said goodbye"
 
     async def stop(self, grace_s: float = 10.0) -> int:
+        if self.stop_gate is not None:
+            await self.stop_gate.wait()
         self.stopped = True
         if not self._exit.done():
             self._exit.set_result(0)
@@ -126,6 +129,27 @@ async def test_lru_eviction_happens_before_the_next_load() -> None:
     assert not launcher.handles["b"].stopped
     assert sup.snapshot()["planned_bytes"] <= sup.budget.total_bytes
     assert sup.snapshot()["models"] == {"a": "stopped", "b": "ready", "c": "ready"}
+
+
+async def test_a_model_still_stopping_is_not_followed_by_a_second_eviction() -> None:
+    sup, launcher, clock = await make(entry("a"), entry("b"), entry("c"))
+    for name in "ab":
+        clock.now += 1
+        await use(sup, name)
+    launcher.handles["a"].stop_gate = asyncio.Event()
+    waiting = [asyncio.create_task(sup.acquire("c", 30)) for _ in range(2)]
+    await settle()
+    assert sup.snapshot()["models"]["a"] == "draining"
+    # A release wakes the waiters, who plan again while "a" is still stopping. (Were "b" evicted
+    # too, this lease could never be had: the guard turns that hang into a failure.)
+    await asyncio.wait_for(use(sup, "b"), 10)
+    assert sup.snapshot()["models"] == {"a": "draining", "b": "ready", "c": "stopped"}
+    launcher.handles["a"].stop_gate.set()
+    for lease in await asyncio.gather(*waiting):
+        lease.release()
+    await settle()
+    assert sup.snapshot()["models"] == {"a": "stopped", "b": "ready", "c": "ready"}
+    assert not launcher.handles["b"].stopped
 
 
 async def test_concurrent_requests_join_one_load() -> None:

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -197,3 +198,15 @@ def build_router_app(
 
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     return app
+
+
+def serve_app(app: FastAPI, settings: Settings) -> None:
+    """Run a router app on LLM_HOST:LLM_PORT until SIGINT/SIGTERM, draining in-flight requests."""
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+    )

@@ -30,6 +30,7 @@ from llmi import __version__
 from llmi.errors import ModelNotFound, TooManyRequests, Unavailable
 from llmi.settings import Settings
 from llmi_router.metrics import RouterMetrics
+from llmi_router.ports import OnceLease
 
 log = logging.getLogger("llmi.router.kube")
 
@@ -219,18 +220,6 @@ def rfc3339(when: dt.datetime) -> str:
 
 
 @dataclass
-class _Lease:
-    url: str
-    _release: Callable[[], None]
-    _done: bool = False
-
-    def release(self) -> None:
-        if not self._done:
-            self._done = True
-            self._release()
-
-
-@dataclass
 class _Touch:
     """Throttled ``last-request-time`` patches of one model: at most one per interval, and the
     last request of a burst is still recorded (trailing patch)."""
@@ -316,7 +305,7 @@ class KubeControlPlane:
 
     # -- the port -------------------------------------------------------------------------
 
-    async def acquire(self, model: str, deadline_s: float) -> _Lease:
+    async def acquire(self, model: str, deadline_s: float) -> OnceLease:
         deadline = self.clock() + deadline_s
         view = self.models.get(model)
         if view is None:
@@ -400,7 +389,7 @@ class KubeControlPlane:
 
     # -- requests -------------------------------------------------------------------------
 
-    def _lease(self, view: ModelView) -> _Lease:
+    def _lease(self, view: ModelView) -> OnceLease:
         assert view.endpoint is not None
         name = view.name
         self._in_flight[name] += 1
@@ -411,7 +400,7 @@ class KubeControlPlane:
             self.metrics.in_flight.labels(name).dec()
             self._touch(name)
 
-        return _Lease(view.endpoint, release)
+        return OnceLease(view.endpoint, release)
 
     def _scale_up(self, model: str) -> asyncio.Task[KubeApiError | None]:
         """The one scale-up in flight for ``model`` (started if there is none)."""

@@ -10,12 +10,11 @@ import ssl
 import sys
 from pathlib import Path
 
-import uvicorn
 from kubernetes import client, config  # the kube extra; `llmi router` says so when it is missing
 from kubernetes.config.config_exception import ConfigException
 
 from llmi.settings import Settings
-from llmi_router.app import build_router_app
+from llmi_router.app import build_router_app, serve_app
 from llmi_router.kube import KubeApi, KubeConnection, KubeControlPlane
 from llmi_router.metrics import RouterMetrics
 
@@ -48,14 +47,7 @@ def run_router(args: argparse.Namespace, settings: Settings) -> int:
     log.info(
         "router on %s:%d; LocalModels in namespace %s at %s", settings.host, settings.port, namespace, connection.server
     )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s),
-    )
+    serve_app(app, settings)
     return 0
 
 

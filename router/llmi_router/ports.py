@@ -6,6 +6,8 @@ nothing else, and tests may pass in-memory fakes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 
@@ -15,6 +17,20 @@ class Lease(Protocol):
     url: str
 
     def release(self) -> None: ...
+
+
+@dataclass
+class OnceLease:
+    """A lease whose release runs its callback exactly once, however often it is called."""
+
+    url: str
+    _release: Callable[[], None]
+    _done: bool = False
+
+    def release(self) -> None:
+        if not self._done:
+            self._done = True
+            self._release()
 
 
 class ControlPlane(Protocol):

@@ -8,12 +8,10 @@ import asyncio
 import logging
 from pathlib import Path
 
-import uvicorn
-
 from llmi import hardware
 from llmi.catalog.scan import Catalog, scan
 from llmi.settings import Settings
-from llmi_router.app import build_router_app
+from llmi_router.app import build_router_app, serve_app
 from llmi_router.metrics import RouterMetrics
 from llmi_router.supervisor import Supervisor
 
@@ -73,14 +71,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                 log.exception("rescan failed")
 
     app = build_router_app(supervisor, settings, metrics, background=background, startup=startup)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s),
-    )
+    serve_app(app, settings)
     return 0
 
 

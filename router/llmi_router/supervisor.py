@@ -23,6 +23,7 @@ from llmi.catalog.scan import Catalog, ModelEntry
 from llmi.errors import ModelNotFound, TooManyRequests, Unavailable
 from llmi.settings import Settings
 from llmi_router.metrics import RouterMetrics
+from llmi_router.ports import OnceLease
 from llmi_router.process import ProcessLauncher, StartFailed
 
 log = logging.getLogger("llmi.supervisor")
@@ -92,18 +93,6 @@ class Slot:
     ready_since: float = 0.0
     removed: bool = False
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
-
-
-@dataclass
-class _Lease:
-    url: str
-    _release: Callable[[], None]
-    _done: bool = False
-
-    def release(self) -> None:
-        if not self._done:
-            self._done = True
-            self._release()
 
 
 class Supervisor:
@@ -195,7 +184,7 @@ class Supervisor:
 
     # -- requests -------------------------------------------------------------------------
 
-    async def acquire(self, model: str, deadline_s: float) -> _Lease:
+    async def acquire(self, model: str, deadline_s: float) -> OnceLease:
         deadline = self.clock() + deadline_s
         async with self._cond:
             slot = self.slots.get(model)
@@ -214,7 +203,7 @@ class Supervisor:
                         slot.in_flight += 1
                         slot.last_used = self.clock()
                         self.metrics.in_flight.labels(model).inc()
-                        return _Lease(slot.handle.url, lambda s=slot: self._release(s))
+                        return OnceLease(slot.handle.url, lambda s=slot: self._release(s))
                     if slot.removed:
                         raise ModelNotFound(model)
                     if slot.state is State.FAILED and self.clock() < slot.retry_at:
@@ -270,22 +259,26 @@ class Supervisor:
             raise Unavailable(
                 f"Model '{slot.entry.name}' cannot be loaded: {where.reason}", retry_after=60, code="model_too_large"
             )
-        decision = planner.plan(self.budget, self._loaded(), slot.entry.name, slot.entry.type, where.footprint_bytes)
-        if isinstance(decision, planner.Refuse):
-            raise Unavailable(
-                f"Model '{slot.entry.name}' cannot be loaded: {decision.reason}", retry_after=30, code="no_room"
-            )
-        if isinstance(decision, planner.Wait):
-            return  # busy models must drain first; a release wakes us to plan again
-        assert isinstance(decision, planner.Load)
-        if decision.evict:
+        name, kind, footprint = slot.entry.name, slot.entry.type, where.footprint_bytes
+        loaded = self._loaded()
+        now = planner.plan(self.budget, loaded, name, kind, footprint)
+        if not (isinstance(now, planner.Load) and not now.evict):
+            # Models already being stopped will free their memory: plan without them, so a
+            # second waiter never evicts more than needed, and wait while they go.
+            going = {n for n, s in self.slots.items() if s.state is State.DRAINING}
+            decision = planner.plan(self.budget, [m for m in loaded if m.name not in going], name, kind, footprint)
+            if isinstance(decision, planner.Refuse):
+                raise Unavailable(f"Model '{name}' cannot be loaded: {decision.reason}", retry_after=30, code="no_room")
+            if isinstance(decision, planner.Wait):
+                return  # busy models must drain first; a release wakes us to plan again
+            assert isinstance(decision, planner.Load)
             # Stop the victims first and plan again once they are gone, so that planned memory
             # never exceeds the budget, not even while a runtime shuts down.
-            for name in decision.evict:
-                victim = self.slots[name]
+            for victim_name in decision.evict:
+                victim = self.slots[victim_name]
                 self._move(victim, State.DRAINING)
-                self.metrics.evictions.labels(name).inc()
-                log.info("evicting %s (least recently used) to make room for %s", name, slot.entry.name)
+                self.metrics.evictions.labels(victim_name).inc()
+                log.info("evicting %s (least recently used) to make room for %s", victim_name, name)
                 self._spawn(self._stop(victim))
             return
         self._move(slot, State.STARTING)
