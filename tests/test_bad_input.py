@@ -98,6 +98,11 @@ def cases() -> list[Case]:
         add("null-body", b"null")
         add("empty-body", b"")
         add("not-utf8", b'{"model": "\xff\xfe"}')
+        add("utf16-body", json.dumps(full).encode("utf-16"))
+        add("deeply-nested", b'{"model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        add("lone-surrogate", json.dumps(full)[:-1].encode() + b', "user": "\\ud800"}')
+        add("huge-integer", json.dumps(full)[:-1].encode() + b', "model": ' + b"9" * 5000 + b"}")
+        add("nan-model", json.dumps(full)[:-1].encode() + b', "model": NaN}')
         add("missing-model", {k: v for k, v in full.items() if k != "model"}, param="model")
         add("model-wrong-type", {**full, "model": 123}, param="model")
         add("model-empty", {**full, "model": ""}, param="model")
@@ -170,6 +175,8 @@ def cases() -> list[Case]:
         "logit-bias-too-big": ({"messages": msgs, "logit_bias": {"1": 500}}, None),
         "penalty-out-of-range": ({"messages": msgs, "presence_penalty": 3}, "presence_penalty"),
         "seed-string": ({"messages": msgs, "seed": "42"}, "seed"),
+        "temperature-nan": ({"messages": msgs, "temperature": float("nan")}, "temperature"),
+        "top-p-infinite": ({"messages": msgs, "top_p": float("inf")}, "top_p"),
         "seed-beyond-64-bits": ({"messages": msgs, "seed": 10**30}, "seed"),
         "logit-bias-too-many": ({"messages": msgs, "logit_bias": {str(i): 1 for i in range(2000)}}, "logit_bias"),
     }
