@@ -63,6 +63,17 @@ class Unavailable(LlmiError):
         self.retry_after = retry_after
 
 
+class NotReadyInTime(Unavailable):
+    """The model did not become ready before the request's deadline (embedded or Kubernetes)."""
+
+    def __init__(self, model: str, deadline_s: float) -> None:
+        super().__init__(
+            f"Model '{model}' could not be made ready in time.",
+            retry_after=max(1.0, deadline_s / 2),
+            code="model_not_ready",
+        )
+
+
 class TooManyRequests(Unavailable):
     status = 429
     type = "rate_limit_error"

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmi.modeltypes import ModelType
-from llmi.planner import Budget, Load, Loaded, Placement, PlacementKind, PlacementOverride, gib, placement, plan
+from llmi.planner import Budget, Load, Loaded, Placement, PlacementKind, PlacementOverride, Wait, gib, placement, plan
 from llmi.planner import Refuse as PlanRefuse
-from llmi.planner import Wait as PlanWait
 
 UNLIMITED_PER_TYPE = 1_000_000  # Kubernetes limits models by memory only, not per type
 
@@ -86,19 +85,13 @@ class Evict:
 
 
 @dataclass(frozen=True)
-class Wait:
-    """Room on a node is held by models still starting or going away; decide again shortly."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
 class Unschedulable:
     """No node can ever hold the model as things stand (budgets, pins, selectors)."""
 
     reason: str
 
 
+# Wait is the planner's own: room held by models still starting or going away; decide again shortly.
 Decision = Place | Evict | Wait | Unschedulable
 
 
@@ -182,7 +175,7 @@ def decide(
         answer = plan(budget, loaded, demand.name, demand.type, where.footprint_bytes)
         if isinstance(answer, PlanRefuse):
             refusals.append(f"{node.name}: {answer.reason}")
-        elif isinstance(answer, PlanWait):
+        elif isinstance(answer, Wait):
             waits.append(f"{node.name}: {answer.reason}")
         elif isinstance(answer, Load):
             size = {m.name: m.footprint_bytes for m in loaded}

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from llmi import __version__
-from llmi.errors import ModelNotFound, TooManyRequests, Unavailable
+from llmi.errors import ModelNotFound, NotReadyInTime, TooManyRequests, Unavailable
 from llmi.settings import Settings
 from llmi_router.metrics import RouterMetrics
 from llmi_router.ports import OnceLease
@@ -342,11 +342,7 @@ class KubeControlPlane:
                     joined = self._scale_up(model)
                 remaining = deadline - self.clock()
                 if remaining <= 0:
-                    raise Unavailable(
-                        f"Model '{model}' could not be made ready in time.",
-                        retry_after=max(1.0, deadline_s / 2),
-                        code="model_not_ready",
-                    )
+                    raise NotReadyInTime(model, deadline_s)
                 changed = self._changed.setdefault(model, asyncio.Event())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), remaining)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from llmi import planner
 from llmi.catalog.scan import Catalog, ModelEntry
-from llmi.errors import ModelNotFound, TooManyRequests, Unavailable
+from llmi.errors import ModelNotFound, NotReadyInTime, TooManyRequests, Unavailable
 from llmi.settings import Settings
 from llmi_router.metrics import RouterMetrics
 from llmi_router.ports import OnceLease
@@ -216,11 +216,7 @@ class Supervisor:
                         self._try_start(slot)
                     remaining = deadline - self.clock()
                     if remaining <= 0:
-                        raise Unavailable(
-                            f"Model '{model}' could not be made ready in time.",
-                            retry_after=max(1.0, deadline_s / 2),
-                            code="model_not_ready",
-                        )
+                        raise NotReadyInTime(model, deadline_s)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._cond.wait(), remaining)
             finally:
