@@ -24,7 +24,7 @@ REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-
 # Subcommands that live in a component package, imported only when run.
 COMPONENTS = {
     "runtime": ("llmi_runtime.server", "run", "needs the runtime extra (pip install 'llmi[runtime]')"),
-    "serve": ("llmi_router.serve", "run_serve", "could not start"),
+    "serve": ("llmi_router.embedded.serve", "run_serve", "could not start"),
     "router": ("llmi_router.kube_main", "run_router", "needs the kube extra (pip install 'llmi[kube]')"),
     "operator": ("llmi_operator.main", "run_operator", "needs the kube extra (pip install 'llmi[kube]')"),
 }

@@ -23,9 +23,9 @@ import yaml
 
 from llmi.settings import Settings
 from llmi_router.app import build_router_app
+from llmi_router.embedded.process import free_port
 from llmi_router.kube import KubeApi, KubeConnection, KubeControlPlane
 from llmi_router.metrics import RouterMetrics
-from llmi_router.process import free_port
 
 NAMESPACE = "llmi-test"
 CRD = Path(__file__).resolve().parents[1] / "crds" / "localmodels.llmi.dev.yaml"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from llmi_router.process import free_port
+from llmi_router.embedded.process import free_port
 
 READY_DEADLINE_S = 180.0
 

@@ -24,10 +24,10 @@ import yaml
 
 from llmi.cli import main as cli_main
 from llmi.settings import Settings
+from llmi_router.embedded.process import free_port
 from llmi_router.kube import LAST_REQUEST_ANNOTATION, KubeApi, KubeConnection, KubeControlPlane, parse_quantity
 from llmi_router.kube_main import load_connection
 from llmi_router.metrics import RouterMetrics
-from llmi_router.process import free_port
 from tests.kube_fixtures import NAMESPACE, cluster, eventually, metric, router_in_process
 from tests.servers import RuntimeProcess, poll_ready, runtime_env, spawn_llmi, start_runtime, stop_process
 

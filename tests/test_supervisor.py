@@ -13,9 +13,9 @@ from llmi.catalog.scan import Catalog, ModelEntry
 from llmi.errors import ModelNotFound, TooManyRequests, Unavailable
 from llmi.modeltypes import ModelType
 from llmi.settings import Settings
+from llmi_router.embedded.process import StartFailed
+from llmi_router.embedded.supervisor import TRANSITIONS, State, Supervisor
 from llmi_router.metrics import RouterMetrics
-from llmi_router.process import StartFailed
-from llmi_router.supervisor import TRANSITIONS, State, Supervisor
 
 GIB = 2**30
 

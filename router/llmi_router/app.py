@@ -170,13 +170,14 @@ def build_router_app(
 
     @app.get("/v1/models")
     async def list_models() -> JSONResponse:
-        return JSONResponse({"object": "list", "data": control.describe()})
+        cards = [card.model_dump() for card in control.describe()]
+        return JSONResponse({"object": "list", "data": cards})
 
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str) -> JSONResponse:
-        for item in control.describe():
-            if item["id"] == model:
-                return JSONResponse(item)
+        for card in control.describe():
+            if card.id == model:
+                return JSONResponse(card.model_dump())
         raise ModelNotFound(model)
 
     @app.get("/v1/health")

@@ -28,6 +28,7 @@ import httpx
 
 from llmi import __version__
 from llmi.errors import ModelNotFound, NotReadyInTime, TooManyRequests, Unavailable
+from llmi.protocol.models import ModelCard
 from llmi.settings import Settings
 from llmi_router.metrics import RouterMetrics
 from llmi_router.ports import OnceLease
@@ -354,21 +355,21 @@ class KubeControlPlane:
         view = self.models.get(model)
         return view.type if view is not None and view.type else None
 
-    def describe(self) -> list[dict[str, Any]]:
+    def describe(self) -> list[ModelCard]:
         return [
-            {
-                "id": name,
-                "object": "model",
-                "created": view.created,
-                "owned_by": "llmi",
-                "type": view.type,
-                "state": PUBLIC_STATE.get(view.phase, "available"),
-                "memory_bytes": view.memory_bytes,
-                "placement": view.placement,
-                "in_flight": self._in_flight[name],
-                "phase": view.phase or None,
-                **({"error": view.message} if view.phase == "Failed" and view.message else {}),
-            }
+            ModelCard(
+                id=name,
+                created=view.created,
+                type=view.type,
+                state=PUBLIC_STATE.get(view.phase, "available"),
+                memory_bytes=view.memory_bytes,
+                memory_estimated_bytes=view.memory_bytes,
+                placement=view.placement,
+                in_flight=self._in_flight[name],
+                queued=self._waiting[name],
+                phase=view.phase or None,
+                error=view.message if view.phase == "Failed" and view.message else None,
+            )
             for name, view in sorted(self.models.items())
         ]
 

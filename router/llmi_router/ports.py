@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from llmi.protocol.models import ModelCard
+
 
 class Lease(Protocol):
     """A ready model's endpoint, held while one request uses it."""
@@ -44,7 +46,7 @@ class ControlPlane(Protocol):
         """The type of a known model, or None."""
         ...
 
-    def describe(self) -> list[dict[str, Any]]:
+    def describe(self) -> list[ModelCard]:
         """Every model with its type, state, memory and placement, for /v1/models."""
         ...
 

@@ -12,8 +12,8 @@ from llmi import hardware
 from llmi.catalog.scan import Catalog, scan
 from llmi.settings import Settings
 from llmi_router.app import build_router_app, serve_app
+from llmi_router.embedded.supervisor import Supervisor
 from llmi_router.metrics import RouterMetrics
-from llmi_router.supervisor import Supervisor
 
 log = logging.getLogger("llmi.serve")
 

@@ -21,10 +21,11 @@ from typing import Any, Protocol
 from llmi import planner
 from llmi.catalog.scan import Catalog, ModelEntry
 from llmi.errors import ModelNotFound, NotReadyInTime, TooManyRequests, Unavailable
+from llmi.protocol.models import ModelCard
 from llmi.settings import Settings
+from llmi_router.embedded.process import ProcessLauncher, StartFailed
 from llmi_router.metrics import RouterMetrics
 from llmi_router.ports import OnceLease
-from llmi_router.process import ProcessLauncher, StartFailed
 
 log = logging.getLogger("llmi.supervisor")
 
@@ -148,25 +149,26 @@ class Supervisor:
         slot = self.slots.get(model)
         return None if slot is None or slot.removed else str(slot.entry.type)
 
-    def describe(self) -> list[dict[str, Any]]:
+    def describe(self) -> list[ModelCard]:
         out = []
         for name, slot in sorted(self.slots.items()):
             if slot.removed:
                 continue
             where = planner.placement(slot.entry.memory_bytes, self.budget, slot.entry.placement)
             out.append(
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": _created(slot),
-                    "owned_by": "llmi",
-                    "type": str(slot.entry.type),
-                    "state": PUBLIC_STATE[slot.state],
-                    "memory_bytes": slot.entry.memory_bytes,
-                    "placement": slot.placement or getattr(where, "kind", None),
-                    "in_flight": slot.in_flight,
-                    **({"error": slot.error} if slot.error else {}),
-                }
+                ModelCard(
+                    id=name,
+                    created=_created(slot),
+                    type=str(slot.entry.type),
+                    engine=slot.entry.engine,
+                    state=PUBLIC_STATE[slot.state],
+                    memory_bytes=slot.entry.memory_bytes,
+                    memory_estimated_bytes=slot.entry.memory_bytes,
+                    placement=slot.placement or getattr(where, "kind", None),
+                    in_flight=slot.in_flight,
+                    queued=slot.waiting,
+                    error=slot.error,
+                )
             )
         return out
 
