@@ -67,6 +67,12 @@ class FakeLauncher:
             raise StartFailed(self.fail[name])
         return 0.0
 
+    async def measure(self, handle: FakeHandle) -> int | None:
+        return None
+
+    def reserved_bytes(self) -> int:
+        return 0
+
     async def close(self) -> None:
         pass
 

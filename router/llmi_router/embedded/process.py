@@ -151,6 +151,16 @@ async def wait_ready(handle: RuntimeHandle, deadline_s: float, client: httpx.Asy
         delay = min(delay * 1.5, 0.5)
 
 
+async def measure(url: str, client: httpx.AsyncClient) -> int | None:
+    """The runtime's own report of the memory it holds (``memory.measured_bytes``)."""
+    try:
+        body = (await client.get(f"{url}/v1/health", timeout=5)).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    value = (body.get("memory") or {}).get("measured_bytes") if isinstance(body, dict) else None
+    return value if isinstance(value, int) and value > 0 else None
+
+
 class ProcessLauncher:
     """Starts real `llmi runtime` processes (the supervisor's default launcher)."""
 
@@ -164,6 +174,12 @@ class ProcessLauncher:
 
     async def wait_ready(self, handle: RuntimeHandle, deadline_s: float) -> float:
         return await wait_ready(handle, deadline_s, self._client)
+
+    async def measure(self, handle: RuntimeHandle) -> int | None:
+        return await measure(handle.url, self._client)
+
+    def reserved_bytes(self) -> int:
+        return 0
 
     async def close(self) -> None:
         await self._client.aclose()

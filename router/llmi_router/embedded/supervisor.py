@@ -15,14 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from llmi import planner
 from llmi.catalog.scan import Catalog, ModelEntry
 from llmi.errors import ModelNotFound, NotReadyInTime, TooManyRequests, Unavailable
 from llmi.protocol.models import ModelCard
 from llmi.settings import Settings
+from llmi_router.embedded.launch import Handle, Launcher
 from llmi_router.embedded.process import ProcessLauncher, StartFailed
 from llmi_router.metrics import RouterMetrics
 from llmi_router.ports import OnceLease
@@ -55,27 +55,6 @@ PUBLIC_STATE = {
 }
 MAX_FAILURES = 5
 LOAD_RETRY_S = 30.0
-
-
-class Handle(Protocol):
-    """A started runtime: where it listens, a task that ends when it exits, and a way to stop it."""
-
-    url: str
-    exited: asyncio.Task[int] | None
-
-    def reason(self) -> str: ...
-
-    async def stop(self, grace_s: float = 10.0) -> int: ...
-
-
-class Launcher(Protocol):
-    async def start(
-        self, name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, env: dict[str, str]
-    ) -> Handle: ...
-
-    async def wait_ready(self, handle: Any, deadline_s: float) -> float: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass

@@ -1,0 +1,40 @@
+"""What the supervisor needs from a launcher: start a runtime for a model, wait until it is
+ready, stop it. The cold launcher (a fresh ``llmi runtime`` process) and warm ones implement it;
+tests pass in-memory fakes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Handle(Protocol):
+    """A started runtime: where it listens, a task that ends when it exits, and a way to stop it."""
+
+    url: str
+    exited: asyncio.Future[int] | None
+
+    def reason(self) -> str: ...
+
+    async def stop(self, grace_s: float = 10.0) -> int: ...
+
+
+class Launcher(Protocol):
+    async def start(
+        self, name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, env: dict[str, str]
+    ) -> Handle: ...
+
+    async def wait_ready(self, handle: Any, deadline_s: float) -> float: ...
+
+    async def measure(self, handle: Any) -> int | None:
+        """Bytes the ready runtime really holds of the budget's kind (``memory.measured_bytes`` of
+        its /v1/health: PSS on CPU, allocator plus context on a GPU); None when it cannot tell."""
+        ...
+
+    def reserved_bytes(self) -> int:
+        """Memory the launcher itself holds that the budget must count (a pre-imported parent or
+        a spare runtime); 0 for the cold launcher."""
+        ...
+
+    async def close(self) -> None: ...
