@@ -76,6 +76,22 @@ class Settings(BaseSettings):
         300.0, gt=0, description="How long a request may wait for its model to load before 503 + Retry-After."
     )
     max_queue_per_model: int = Field(256, ge=1, description="Requests waiting per model before 429.")
+    max_concurrent_per_model: int = Field(
+        64, ge=1, description="Requests in flight to one model at once; more wait in its queue."
+    )
+    swap_fairness_s: float = Field(
+        10.0,
+        ge=0,
+        description="A loaded model with queued work is kept (fewer swaps) until another model's request "
+        "has waited this long (s); then it drains and makes room.",
+    )
+    max_load_failures: int = Field(5, ge=1, description="Quick crashes in a row before a model is marked failed.")
+    load_retry_s: float = Field(
+        30.0, gt=0, description="Wait after a failed load before the next try (s); doubles per failure, max 600."
+    )
+    park_models: bool = Field(
+        True, description="On a GPU, park evicted models in host memory (weights to CPU) instead of stopping them."
+    )
     load_timeout_s: float = Field(900.0, gt=0, description="Deadline for a runtime to become ready (s).")
     idle_timeout_s: float = Field(
         600.0, ge=0, description="Unload a model idle this long (s) when LLM_AUTO_UNLOAD_MODELS is on."

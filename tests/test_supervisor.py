@@ -1,128 +1,15 @@
-"""The supervisor's state machine with an in-memory launcher: races and failures, no processes."""
+"""The supervisor with an in-memory launcher: races, failures and faults, no processes."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
-from llmi import planner
-from llmi.catalog.estimate import Estimate
-from llmi.catalog.scan import Catalog, ModelEntry
-from llmi.errors import ModelNotFound, TooManyRequests, Unavailable
-from llmi.modeltypes import ModelType
-from llmi.settings import Settings
-from llmi_router.embedded.process import StartFailed
-from llmi_router.embedded.supervisor import TRANSITIONS, State, Supervisor
-from llmi_router.metrics import RouterMetrics
-
-GIB = 2**30
-
-
-class FakeHandle:
-    def __init__(self, name: str, n: int) -> None:
-        self.url = f"http://fake/{name}/{n}"
-        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.exited = self._exit
-        self.stopped = False
-        self.stop_gate: asyncio.Event | None = None  # set by a test to hold a stop midway
-
-    def reason(self) -> str:
-        return "fake runtime said goodbye"
-
-    async def stop(self, grace_s: float = 10.0) -> int:
-        if self.stop_gate is not None:
-            await self.stop_gate.wait()
-        self.stopped = True
-        if not self._exit.done():
-            self._exit.set_result(0)
-        return 0
-
-    def crash(self) -> None:
-        self._exit.set_result(-9)
-
-
-class FakeLauncher:
-    """Records starts; readiness is held by per-model gates the test opens."""
-
-    def __init__(self) -> None:
-        self.started: list[str] = []
-        self.handles: dict[str, FakeHandle] = {}
-        self.gates: dict[str, asyncio.Event] = {}
-        self.fail: dict[str, str] = {}
-
-    async def start(
-        self, name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, env: dict[str, str]
-    ) -> FakeHandle:
-        handle = self.handles[name] = FakeHandle(name, len(self.started))
-        self.started.append(name)
-        return handle
-
-    async def wait_ready(self, handle: FakeHandle, deadline_s: float) -> float:
-        name = handle.url.split("/")[3]
-        if name in self.gates:
-            await self.gates[name].wait()
-        if name in self.fail:
-            raise StartFailed(self.fail[name])
-        return 0.0
-
-    async def measure(self, handle: FakeHandle) -> int | None:
-        return None
-
-    def reserved_bytes(self) -> int:
-        return 0
-
-    async def close(self) -> None:
-        pass
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def entry(name: str, gib: float = 1.0, type_: ModelType = ModelType.EMBEDDING, **kw: object) -> ModelEntry:
-    size = int(gib * GIB)
-    return ModelEntry(name, type_, Path(f"/models/{name}"), size, Estimate(size, 0, 0, size), **kw)  # type: ignore[arg-type]
-
-
-async def make(
-    *entries: ModelEntry, budget_gib: float = 2.5, **settings: object
-) -> tuple[Supervisor, FakeLauncher, Clock]:
-    launcher, clock = FakeLauncher(), Clock()
-    budget = planner.Budget(
-        int(budget_gib * GIB), gpu=False, offload_enabled=False, offload_threshold_bytes=4 * GIB, cache_size_per_type=8
-    )
-    s = Settings(_env_file=None, **settings)  # type: ignore[call-arg]
-    sup = Supervisor(s, budget, RouterMetrics(), clock=clock, launcher=launcher)
-    await sup.update_catalog(Catalog(tuple(entries), ()))
-    return sup, launcher, clock
-
-
-async def settle() -> None:
-    """Let every ready task run until nothing changes (no time passes)."""
-    for _ in range(50):
-        await asyncio.sleep(0)
-
-
-async def use(sup: Supervisor, name: str) -> str:
-    lease = await sup.acquire(name, 30)
-    lease.release()
-    await settle()
-    return lease.url
-
-
-def test_transition_table_is_complete_and_closed() -> None:
-    assert set(TRANSITIONS) == set(State)
-    for state, targets in TRANSITIONS.items():
-        assert state not in targets
-        assert targets <= set(State)
-    assert State.READY in TRANSITIONS[State.STARTING]
-    assert State.STARTING not in TRANSITIONS[State.READY]  # a ready model is never started twice
+from llmi.catalog.scan import Catalog
+from llmi.errors import ModelNotFound, NotReadyInTime, TooManyRequests, Unavailable
+from llmi_router.embedded import step as step_module
+from tests.supervisor_fakes import GIB, entry, make, state_is, states, use
 
 
 async def test_lru_eviction_happens_before_the_next_load() -> None:
@@ -134,7 +21,7 @@ async def test_lru_eviction_happens_before_the_next_load() -> None:
     assert launcher.handles["a"].stopped
     assert not launcher.handles["b"].stopped
     assert sup.snapshot()["planned_bytes"] <= sup.budget.total_bytes
-    assert sup.snapshot()["models"] == {"a": "stopped", "b": "ready", "c": "ready"}
+    assert states(sup) == {"a": "stopped", "b": "ready", "c": "ready"}
 
 
 async def test_a_model_still_stopping_is_not_followed_by_a_second_eviction() -> None:
@@ -144,17 +31,18 @@ async def test_a_model_still_stopping_is_not_followed_by_a_second_eviction() -> 
         await use(sup, name)
     launcher.handles["a"].stop_gate = asyncio.Event()
     waiting = [asyncio.create_task(sup.acquire("c", 30)) for _ in range(2)]
-    await settle()
-    assert sup.snapshot()["models"]["a"] == "draining"
-    # A release wakes the waiters, who plan again while "a" is still stopping. (Were "b" evicted
-    # too, this lease could never be had: the guard turns that hang into a failure.)
-    await asyncio.wait_for(use(sup, "b"), 10)
-    assert sup.snapshot()["models"] == {"a": "draining", "b": "ready", "c": "stopped"}
+    await state_is(sup, "a", "stopping")
+    # A release makes the owner plan again while "a" is still stopping. (Were "b" evicted too,
+    # this lease could never be had: the guard turns that hang into a failure.)
+    lease = await asyncio.wait_for(sup.acquire("b", 30), 10)
+    lease.release()
+    await sup.wait_until(lambda w: w.slots["b"].in_flight == 0, 10)
+    assert states(sup) == {"a": "stopping", "b": "ready", "c": "stopped"}
     launcher.handles["a"].stop_gate.set()
     for lease in await asyncio.gather(*waiting):
         lease.release()
-    await settle()
-    assert sup.snapshot()["models"] == {"a": "stopped", "b": "ready", "c": "ready"}
+    await sup.settled()
+    assert states(sup) == {"a": "stopped", "b": "ready", "c": "ready"}
     assert not launcher.handles["b"].stopped
 
 
@@ -162,16 +50,16 @@ async def test_concurrent_requests_join_one_load() -> None:
     sup, launcher, _ = await make(entry("a"))
     launcher.gates["a"] = asyncio.Event()
     waiters = [asyncio.create_task(sup.acquire("a", 30)) for _ in range(5)]
-    await settle()
+    await asyncio.wait_for(launcher.began["a"].wait(), 10)
+    await sup.wait_until(lambda w: w.queued("a") == 5, 10)
     assert launcher.started == ["a"]
-    assert sup.snapshot()["models"]["a"] == "starting"
     launcher.gates["a"].set()
     leases = await asyncio.gather(*waiters)
     assert {lease.url for lease in leases} == {"http://fake/a/0"}
     for lease in leases:
         lease.release()
         lease.release()  # idempotent
-    await settle()
+    await sup.settled()
     assert sup.slots["a"].in_flight == 0
 
 
@@ -180,7 +68,7 @@ async def test_busy_model_is_not_evicted_until_it_drains() -> None:
     busy = await sup.acquire("a", 30)
     clock.now += 1
     wanting_b = asyncio.create_task(sup.acquire("b", 30))
-    await settle()
+    await sup.settled()
     assert not wanting_b.done()
     assert not launcher.handles["a"].stopped
     busy.release()
@@ -194,10 +82,11 @@ async def test_a_full_queue_is_429() -> None:
     launcher.gates["a"] = asyncio.Event()
     first = asyncio.create_task(sup.acquire("a", 30))
     second = asyncio.create_task(sup.acquire("a", 30))
-    await settle()
+    await sup.wait_until(lambda w: w.queued("a") == 2, 10)
     with pytest.raises(TooManyRequests) as info:
         await sup.acquire("a", 30)
     assert info.value.status == 429
+    assert info.value.retry_after >= 1
     launcher.gates["a"].set()
     for task in (first, second):
         (await task).release()
@@ -219,15 +108,15 @@ async def test_load_failure_fails_waiters_and_others_keep_serving() -> None:
         await sup.acquire("bad", 30)
     assert info.value.code == "model_failed"
     assert "broken weights" in info.value.message
-    assert sup.snapshot()["models"]["bad"] == "failed"
-    assert await use(sup, "good")
+    assert states(sup)["bad"] == "failed"
+    assert (await use(sup, "good")).startswith("http://fake/good/")
     # No retry before the backoff ends; after it, a retry is attempted.
     with pytest.raises(Unavailable):
         await sup.acquire("bad", 30)
     assert launcher.started.count("bad") == 1
     clock.now += 3600
     del launcher.fail["bad"]
-    assert await use(sup, "bad")
+    assert (await use(sup, "bad")).startswith("http://fake/bad/")
     assert launcher.started.count("bad") == 2
 
 
@@ -235,10 +124,8 @@ async def test_crash_is_noticed_and_the_next_request_restarts() -> None:
     sup, launcher, _ = await make(entry("a"))
     first = await use(sup, "a")
     launcher.handles["a"].crash()
-    await settle()
-    assert sup.snapshot()["models"]["a"] == "stopped"
-    assert sup.slots["a"].error
-    assert "goodbye" in sup.slots["a"].error
+    await state_is(sup, "a", "stopped")
+    assert "goodbye" in (sup.slots["a"].error or "")
     second = await use(sup, "a")
     assert first != second
 
@@ -247,10 +134,11 @@ async def test_repeated_crashes_end_failed() -> None:
     sup, launcher, clock = await make(entry("a"))
     for _ in range(5):
         clock.now += 120  # past any backoff
+        await sup.reap_idle()  # let the owner look at the clock
         await use(sup, "a")
         launcher.handles["a"].crash()
-        await settle()
-    assert sup.snapshot()["models"]["a"] == "failed"
+        await sup.wait_until(lambda w: w.slots["a"].state.value in ("stopped", "failed"), 10)
+    assert states(sup)["a"] == "failed"
 
 
 async def test_idle_models_unload_and_pinned_ones_stay() -> None:
@@ -259,10 +147,10 @@ async def test_idle_models_unload_and_pinned_ones_stay() -> None:
     await use(sup, "p")
     clock.now += 30
     await sup.reap_idle()
-    assert sup.snapshot()["models"] == {"a": "ready", "p": "ready"}
+    assert states(sup) == {"a": "ready", "p": "ready"}
     clock.now += 31
     await sup.reap_idle()
-    assert sup.snapshot()["models"] == {"a": "stopped", "p": "ready"}
+    assert states(sup) == {"a": "stopped", "p": "ready"}
 
 
 async def test_idle_reaping_never_takes_a_model_with_a_request() -> None:
@@ -270,18 +158,21 @@ async def test_idle_reaping_never_takes_a_model_with_a_request() -> None:
     lease = await sup.acquire("a", 30)
     clock.now += 100
     await sup.reap_idle()
-    assert sup.snapshot()["models"]["a"] == "ready"
+    assert states(sup)["a"] == "ready"
     lease.release()
 
 
 async def test_removed_model_404s_and_unloads() -> None:
-    sup, launcher, _ = await make(entry("a"), entry("b"))
+    sup, launcher, clock = await make(entry("a"), entry("b"))
     await use(sup, "a")
     await sup.update_catalog(Catalog((entry("b"),), ()))
     with pytest.raises(ModelNotFound):
         await sup.acquire("a", 30)
     await sup.reap_idle()
-    assert "a" not in sup.snapshot()["models"]
+    assert states(sup)["a"] == "ready"  # kept a while, in case the folder comes back
+    clock.now += 31
+    await sup.reap_idle()
+    assert "a" not in states(sup)
     assert launcher.handles["a"].stopped
 
 
@@ -290,15 +181,287 @@ async def test_shutdown_during_start_stops_everything() -> None:
     await use(sup, "b")
     launcher.gates["a"] = asyncio.Event()
     waiting = asyncio.create_task(sup.acquire("a", 30))
-    await settle()
+    await state_is(sup, "a", "starting")
     await sup.close()
-    with pytest.raises((Unavailable, asyncio.CancelledError)):
+    with pytest.raises(Unavailable) as info:
         await waiting
+    assert "shutting down" in info.value.message
     assert all(h.stopped for h in launcher.handles.values())
+    assert set(states(sup).values()) == {"stopped"}
 
 
 async def test_model_too_big_is_refused_with_a_reason() -> None:
-    sup, _, _ = await make(entry("huge", 10))
+    sup, launcher, _ = await make(entry("huge", 10))
     with pytest.raises(Unavailable) as info:
         await sup.acquire("huge", 30)
     assert info.value.code == "model_too_large"
+    assert "budget" in info.value.message
+    assert launcher.started == []
+
+
+# -- the faults of the old supervisor, one regression test each ------------------------------
+
+
+async def test_quick_crashes_back_off_before_restarting() -> None:
+    sup, launcher, clock = await make(entry("a"))
+    await use(sup, "a")
+    launcher.handles["a"].crash()  # first crash: restart at once
+    await state_is(sup, "a", "stopped")
+    await use(sup, "a")
+    assert launcher.started == ["a", "a"]
+    launcher.handles["a"].crash()  # second quick crash: wait 2 s first
+    await state_is(sup, "a", "stopped")
+    waiting = asyncio.create_task(sup.acquire("a", 30))
+    await sup.settled()
+    assert launcher.started == ["a", "a"]
+    assert not waiting.done()
+    clock.now += 2
+    await sup.reap_idle()
+    (await waiting).release()
+    assert launcher.started == ["a", "a", "a"]
+
+
+async def test_an_unexpected_exception_in_start_never_leaves_the_slot_starting() -> None:
+    sup, launcher, _ = await make(entry("a"), entry("b"))
+    launcher.explode["a"] = RuntimeError("boom")
+    with pytest.raises(Unavailable) as info:
+        await sup.acquire("a", 30)
+    assert info.value.code == "model_failed"
+    assert "boom" in info.value.message
+    assert states(sup)["a"] == "failed"
+    assert sup.snapshot()["planned_bytes"] == 0  # its room is released
+    await use(sup, "b")
+
+
+async def test_a_folder_that_comes_back_keeps_serving() -> None:
+    sup, launcher, _ = await make(entry("a"), entry("b"))
+    url = await use(sup, "a")
+    await sup.update_catalog(Catalog((entry("b"),), ()))  # one scan misses it (NFS hiccup)
+    assert sup.model_type("a") is None
+    await sup.update_catalog(Catalog((entry("a"), entry("b")), ()))
+    assert sup.model_type("a") == "embedding"
+    assert await use(sup, "a") == url  # the same runtime, not a reload
+    assert launcher.started == ["a"]
+
+
+async def test_a_hung_load_is_stopped_at_its_deadline_and_its_room_released() -> None:
+    sup, launcher, clock = await make(entry("a", 2), entry("b", 2), load_timeout_s=60)
+    launcher.gates["a"] = asyncio.Event()  # never opened: the load hangs
+    waiting = asyncio.create_task(sup.acquire("a", 300))
+    await state_is(sup, "a", "starting")
+    clock.now += 61
+    await sup.reap_idle()
+    with pytest.raises(Unavailable) as info:
+        await waiting
+    assert "not ready after 60s" in info.value.message
+    assert launcher.handles["a"].stopped
+    assert states(sup)["a"] == "failed"
+    await use(sup, "b")  # the room is free again
+
+
+async def test_failures_reset_after_a_good_load() -> None:
+    sup, launcher, clock = await make(entry("a"), load_retry_s=30)
+    launcher.fail["a"] = "flaky disk"
+    with pytest.raises(Unavailable):
+        await sup.acquire("a", 30)
+    assert sup.slots["a"].failures == 1
+    clock.now += 31
+    del launcher.fail["a"]
+    await use(sup, "a")
+    assert sup.slots["a"].failures == 0
+    launcher.handles["a"].crash()
+    await state_is(sup, "a", "stopped")
+    launcher.fail["a"] = "flaky again"
+    with pytest.raises(Unavailable) as info:
+        await sup.acquire("a", 30)
+    assert info.value.retry_after == pytest.approx(30)  # the first failure since the good load
+
+
+async def test_a_release_wakes_no_waiter_of_another_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    sup, launcher, _ = await make(entry("a"), entry("b"))
+    await use(sup, "b")
+    launcher.gates["a"] = asyncio.Event()
+    waiters = [asyncio.create_task(sup.acquire("a", 30)) for _ in range(50)]
+    await sup.wait_until(lambda w: w.queued("a") == 50, 10)
+    calls = []
+    original = step_module.planner.plan
+    monkeypatch.setattr(step_module.planner, "plan", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
+    lease = await sup.acquire("b", 30)
+    lease.release()
+    await sup.wait_until(lambda w: w.slots["b"].in_flight == 0, 10)
+    assert not any(w.done() for w in waiters)
+    assert len(calls) == 0  # "a" is loading: nobody plans for it again, let alone 50 times
+    launcher.gates["a"].set()
+    for lease in await asyncio.gather(*waiters):
+        lease.release()
+
+
+async def test_a_per_model_concurrency_bound_queues_then_429s() -> None:
+    sup, _, _ = await make(entry("a"), max_concurrent_per_model=2, max_queue_per_model=1)
+    held = [await sup.acquire("a", 30) for _ in range(2)]
+    third = asyncio.create_task(sup.acquire("a", 30))
+    await sup.wait_until(lambda w: w.queued("a") == 1, 10)
+    with pytest.raises(TooManyRequests) as info:
+        await sup.acquire("a", 30)
+    assert info.value.retry_after >= 1
+    held[0].release()
+    lease = await third
+    assert sup.slots["a"].in_flight == 2
+    for one in (lease, held[1]):
+        one.release()
+
+
+async def test_shutdown_stops_runtimes_with_requests_past_the_drain_timeout() -> None:
+    sup, launcher, clock = await make(entry("a"), drain_timeout_s=5)
+    lease = await sup.acquire("a", 30)  # never released: a request that outlives the drain
+    closing = asyncio.create_task(sup.close())
+    await state_is(sup, "a", "draining")
+    assert not launcher.handles["a"].stopped
+    clock.now += 6
+    sup.post(step_module.Tick())
+    await closing
+    assert launcher.handles["a"].stopped
+    lease.release()  # late, harmless
+
+
+# -- fewer swaps, and requests that leave ----------------------------------------------------
+
+
+async def test_queued_work_for_a_loaded_model_is_served_before_it_is_swapped_out() -> None:
+    sup, launcher, clock = await make(entry("a", 2), entry("b", 2), max_concurrent_per_model=1)
+    first = await sup.acquire("a", 30)
+    more_a = [asyncio.create_task(sup.acquire("a", 30)) for _ in range(3)]
+    await sup.wait_until(lambda w: w.queued("a") == 3, 10)
+    clock.now += 1
+    wants_b = asyncio.create_task(sup.acquire("b", 30))  # arrives after a's queue
+    await sup.wait_until(lambda w: w.queued("b") == 1, 10)
+    first.release()
+    for task in more_a:
+        (await task).release()  # each is granted in turn, "a" is never stopped in between
+    (await wants_b).release()
+    assert launcher.started == ["a", "b"]
+
+
+async def test_a_request_waiting_past_the_fairness_bound_makes_the_busy_model_drain() -> None:
+    sup, launcher, clock = await make(entry("a", 2), entry("b", 2), swap_fairness_s=5)
+    busy = await sup.acquire("a", 30)
+    wants_b = asyncio.create_task(sup.acquire("b", 30))
+    await sup.wait_until(lambda w: w.queued("b") == 1, 10)
+    assert states(sup)["a"] == "ready"
+    clock.now += 6
+    await sup.reap_idle()
+    assert states(sup)["a"] == "draining"  # no new requests for "a" now
+    later_a = asyncio.create_task(sup.acquire("a", 30))
+    await sup.wait_until(lambda w: w.queued("a") == 1, 10)
+    busy.release()
+    (await wants_b).release()
+    assert launcher.started == ["a", "b"]
+    (await later_a).release()  # "a" comes back after "b"
+
+
+async def test_a_request_that_leaves_the_queue_triggers_no_load_and_no_eviction() -> None:
+    sup, launcher, _ = await make(entry("a", 2), entry("b", 2))
+    busy = await sup.acquire("a", 30)
+    wants_b = asyncio.create_task(sup.acquire("b", 30))
+    await sup.wait_until(lambda w: w.queued("b") == 1, 10)
+    wants_b.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await wants_b
+    await sup.wait_until(lambda w: w.queued("b") == 0, 10)
+    busy.release()
+    await sup.settled()
+    assert launcher.started == ["a"]
+    assert states(sup) == {"a": "ready", "b": "stopped"}
+
+
+async def test_a_victim_is_reprieved_when_the_request_it_drained_for_leaves() -> None:
+    sup, launcher, clock = await make(entry("a", 2), entry("b", 2), swap_fairness_s=5)
+    busy = await sup.acquire("a", 30)
+    wants_b = asyncio.create_task(sup.acquire("b", 30))
+    await sup.wait_until(lambda w: w.queued("b") == 1, 10)
+    clock.now += 6
+    await sup.reap_idle()
+    assert states(sup)["a"] == "draining"
+    wants_b.cancel()
+    await sup.wait_until(lambda w: w.slots["a"].state.value == "ready", 10)
+    (await sup.acquire("a", 30)).release()
+    busy.release()
+    await sup.settled()
+    assert launcher.started == ["a"]
+
+
+async def test_a_deadline_while_waiting_is_503_and_leaves_the_queue() -> None:
+    sup, launcher, _ = await make(entry("a", 2), entry("b", 2))
+    busy = await sup.acquire("a", 30)
+    with pytest.raises(NotReadyInTime):
+        await sup.acquire("b", 0.01)
+    await sup.wait_until(lambda w: w.queued("b") == 0, 10)
+    busy.release()
+    await sup.settled()
+    assert launcher.started == ["a"]
+
+
+# -- measured memory and parking (two budgets, a fake device that records moves) ---------------
+
+
+async def test_measured_memory_replaces_the_estimate_in_the_plan() -> None:
+    sup, launcher, _ = await make(entry("a", 1), entry("b", 1), budget_gib=2.5)
+    launcher.measured["a"] = 2 * GIB  # the runtime really holds more than estimated
+    await use(sup, "a")
+    assert sup.slots["a"].measured == 2 * GIB
+    assert sup.snapshot()["planned_bytes"] == 2 * GIB
+    await use(sup, "b")  # 2 + 1 > 2.5: "a" must go, though the estimates (1 + 1) would fit
+    assert states(sup) == {"a": "stopped", "b": "ready"}
+    card = next(c for c in sup.describe() if c.id == "a")
+    assert (card.memory_estimated_bytes, card.memory_measured_bytes) == (GIB, 2 * GIB)
+
+
+async def test_the_launchers_own_memory_is_counted_in_a_host_budget() -> None:
+    sup, launcher, _ = await make(entry("a", 1), entry("b", 1), budget_gib=2.5)
+    launcher.reserved = GIB  # a pre-imported parent process
+    await use(sup, "a")
+    await use(sup, "b")  # 1 (reserved) + 1 + 1 > 2.5
+    assert states(sup) == {"a": "stopped", "b": "ready"}
+
+
+async def test_on_a_gpu_an_evicted_model_is_parked_and_woken_back() -> None:
+    sup, launcher, clock = await make(entry("a", 2), entry("b", 2.2), budget_gib=4.1, gpu=True, host_gib=8)
+    await use(sup, "a")
+    clock.now += 1
+    await use(sup, "b")
+    assert launcher.parked == ["a"]
+    assert states(sup) == {"a": "parked", "b": "ready"}
+    # What the parked process keeps on the GPU is counted.
+    assert sup.snapshot()["planned_bytes"] == int(2.2 * GIB) + launcher.residue
+    clock.now += 1
+    assert (await use(sup, "a")).startswith("http://fake/a/0")  # the same process, woken
+    assert launcher.woken == ["a"]
+    assert launcher.parked == ["a", "b"]
+    assert launcher.started == ["a", "b"]
+
+
+async def test_parking_falls_back_to_stopping_when_host_memory_is_short() -> None:
+    sup, launcher, clock = await make(entry("a", 2), entry("b", 2.2), budget_gib=4.1, gpu=True, host_gib=1)
+    await use(sup, "a")
+    clock.now += 1
+    await use(sup, "b")
+    assert launcher.parked == []
+    assert states(sup) == {"a": "stopped", "b": "ready"}
+
+
+async def test_parking_is_skipped_when_the_residue_would_leave_too_little_room() -> None:
+    sup, launcher, clock = await make(entry("a", 2), entry("b", 2.2), budget_gib=2.3, gpu=True, host_gib=8)
+    await use(sup, "a")
+    clock.now += 1
+    await use(sup, "b")  # 0.25 residue + 2.2 > 2.3: stop, do not park
+    assert launcher.parked == []
+    assert states(sup) == {"a": "stopped", "b": "ready"}
+
+
+async def test_without_a_gpu_nothing_is_parked() -> None:
+    sup, launcher, clock = await make(entry("a", 2), entry("b", 2), budget_gib=2.5, host_gib=8)
+    await use(sup, "a")
+    clock.now += 1
+    await use(sup, "b")
+    assert launcher.parked == []
+    assert states(sup)["a"] == "stopped"

@@ -32,6 +32,14 @@ class Launcher(Protocol):
         its /v1/health: PSS on CPU, allocator plus context on a GPU); None when it cannot tell."""
         ...
 
+    async def park(self, handle: Any) -> int | None:
+        """Move the runtime's weights to host memory; returns what it still holds on the GPU."""
+        ...
+
+    async def wake(self, handle: Any) -> None:
+        """Move a parked runtime's weights back to the GPU."""
+        ...
+
     def reserved_bytes(self) -> int:
         """Memory the launcher itself holds that the budget must count (a pre-imported parent or
         a spare runtime); 0 for the cold launcher."""

@@ -161,6 +161,20 @@ async def measure(url: str, client: httpx.AsyncClient) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+async def park(url: str, client: httpx.AsyncClient) -> int | None:
+    """Ask the runtime to move its weights to host memory; what it keeps on the GPU."""
+    response = await client.post(f"{url}/admin/park", timeout=120)
+    response.raise_for_status()
+    memory = response.json().get("memory") or {}
+    value = memory.get("gpu_bytes")
+    return value if isinstance(value, int) else None
+
+
+async def wake(url: str, client: httpx.AsyncClient) -> None:
+    response = await client.post(f"{url}/admin/wake", timeout=120)
+    response.raise_for_status()
+
+
 class ProcessLauncher:
     """Starts real `llmi runtime` processes (the supervisor's default launcher)."""
 
@@ -177,6 +191,12 @@ class ProcessLauncher:
 
     async def measure(self, handle: RuntimeHandle) -> int | None:
         return await measure(handle.url, self._client)
+
+    async def park(self, handle: RuntimeHandle) -> int | None:
+        return await park(handle.url, self._client)
+
+    async def wake(self, handle: RuntimeHandle) -> None:
+        await wake(handle.url, self._client)
 
     def reserved_bytes(self) -> int:
         return 0

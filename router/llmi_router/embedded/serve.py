@@ -66,7 +66,6 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                 _log_catalog(catalog, previous)
                 await supervisor.update_catalog(catalog)
                 previous = catalog
-                await supervisor.reap_idle()
             except Exception:
                 log.exception("rescan failed")
 

@@ -1,8 +1,9 @@
-"""The embedded control plane: runtime processes started, stopped and swapped under a budget.
+"""The embedded control plane: one owner task applies ``step`` and carries out its effects.
 
-One asyncio.Condition guards every slot; all state changes happen under it through
-``_move`` (checked against ``TRANSITIONS``) and wake every waiter, who then looks again.
-Decisions come from the pure planner; this module only carries them out.
+Only the owner task changes ``world``; everything else posts events to it: requests (``Want``,
+``Cancel``, ``Release``), and the child tasks that start, stop, park and wake runtimes, which
+report their outcome. Effects that answer a request resolve that request's own future, so a
+change wakes only those it concerns. The router sees the ``ControlPlane`` port only.
 """
 
 from __future__ import annotations
@@ -12,67 +13,44 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from llmi import planner
-from llmi.catalog.scan import Catalog, ModelEntry
-from llmi.errors import ModelNotFound, NotReadyInTime, TooManyRequests, Unavailable
+from llmi.catalog.scan import Catalog
+from llmi.errors import LlmiError, ModelNotFound, NotReadyInTime, TooManyRequests, Unavailable
 from llmi.protocol.models import ModelCard
 from llmi.settings import Settings
+from llmi_router.embedded import slots as s
 from llmi_router.embedded.launch import Handle, Launcher
-from llmi_router.embedded.process import ProcessLauncher, StartFailed
+from llmi_router.embedded.process import ProcessLauncher
+from llmi_router.embedded.step import next_waiter_id, next_wakeup, step
 from llmi_router.metrics import RouterMetrics
 from llmi_router.ports import OnceLease
 
 log = logging.getLogger("llmi.supervisor")
+State = s.State
+TRANSITIONS = s.TRANSITIONS
+STOP_GRACE_S = 10.0
 
 
-class State(StrEnum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    READY = "ready"
-    DRAINING = "draining"
-    FAILED = "failed"
-
-
-TRANSITIONS: dict[State, set[State]] = {
-    State.STOPPED: {State.STARTING},
-    State.STARTING: {State.READY, State.FAILED, State.STOPPED},
-    State.READY: {State.DRAINING, State.STOPPED, State.FAILED},  # STOPPED/FAILED: the process died
-    State.DRAINING: {State.STOPPED},
-    State.FAILED: {State.STARTING},
-}
-# What /v1/models shows for each state (ARCHITECTURE: available/loading/ready/failed).
-PUBLIC_STATE = {
-    State.STOPPED: "available",
-    State.STARTING: "loading",
-    State.READY: "ready",
-    State.DRAINING: "unloading",
-    State.FAILED: "failed",
-}
-MAX_FAILURES = 5
-LOAD_RETRY_S = 30.0
-
-
-@dataclass
-class Slot:
-    entry: ModelEntry
-    state: State = State.STOPPED
-    handle: Handle | None = None
-    in_flight: int = 0
-    waiting: int = 0
-    last_used: float = 0.0
-    placement: str = ""
-    footprint: int = 0
-    error: str | None = None
-    failures: int = 0
-    retry_at: float = 0.0
-    ready_since: float = 0.0
-    removed: bool = False
-    watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+def config_from(settings: Settings, budget: planner.Budget, host_budget_bytes: int = 0) -> s.Config:
+    """The decision rules' knobs, from the settings (parking only with a GPU and a host budget)."""
+    return s.Config(
+        budget=budget,
+        host_budget_bytes=host_budget_bytes if budget.gpu and settings.park_models else 0,
+        max_queue=settings.max_queue_per_model,
+        max_concurrent=settings.max_concurrent_per_model,
+        fairness_s=settings.swap_fairness_s,
+        load_timeout_s=settings.load_timeout_s,
+        idle_timeout_s=settings.idle_timeout_s if settings.auto_unload_models else float("inf"),
+        drain_timeout_s=settings.drain_timeout_s,
+        max_failures=settings.max_load_failures,
+        load_retry_s=settings.load_retry_s,
+    )
 
 
 class Supervisor:
@@ -85,340 +63,394 @@ class Supervisor:
         metrics: RouterMetrics,
         clock: Callable[[], float] = time.monotonic,
         launcher: Launcher | None = None,
+        host_budget_bytes: int = 0,
+        remember: Callable[[str, str, int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.budget = budget
         self.metrics = metrics
         self.clock = clock
-        self.slots: dict[str, Slot] = {}
-        self.problems: list[dict[str, str]] = []
-        self._cond = asyncio.Condition()
         self.launcher: Launcher = launcher or ProcessLauncher()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._closing = False
+        self.config = config_from(settings, budget, host_budget_bytes)
+        self.world = s.World()
+        self.problems: list[dict[str, str]] = []
+        self._remember = remember  # (model, placement, bytes): persist a measurement
+        self._created: dict[str, int] = {}
+        self._inbox: deque[tuple[s.Event, asyncio.Future[list[asyncio.Task[Any]]] | None]] = deque()
+        self._wakeup = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._owner: asyncio.Task[None] | None = None
+        self._futures: dict[int, asyncio.Future[OnceLease]] = {}
+        self._handles: dict[str, tuple[int, Handle]] = {}
+        self._starting: dict[str, asyncio.Task[None]] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._ops: dict[str, asyncio.Task[None]] = {}
+        self._busy: set[asyncio.Task[Any]] = set()
         metrics.budget_bytes.set(budget.total_bytes)
-        metrics.planned_bytes.set_function(lambda: float(self.snapshot()["planned_bytes"]))
+        metrics.planned_bytes.set_function(lambda: float(self.world.planned_bytes()))
 
-    # -- catalog --------------------------------------------------------------------------
+    # -- the port -----------------------------------------------------------------------------
 
     async def update_catalog(self, catalog: Catalog) -> None:
         """Add new models, forget vanished ones (a loaded one is stopped once idle)."""
-        async with self._cond:
-            seen = set()
-            for entry in catalog.entries:
-                seen.add(entry.name)
-                slot = self.slots.get(entry.name)
-                if slot is None:
-                    self.slots[entry.name] = Slot(entry)
-                    log.info(
-                        "found %s (%s, ~%.2f GiB) at %s", entry.name, entry.type, entry.memory_bytes / 2**30, entry.path
-                    )
-                elif slot.entry != entry and slot.state in (State.STOPPED, State.FAILED):
-                    slot.entry, slot.failures, slot.retry_at, slot.removed = entry, 0, 0.0, False
-            for name, slot in list(self.slots.items()):
-                if name not in seen and not slot.removed:
-                    slot.removed = True
-                    log.info("model folder of %s is gone", name)
-                    if slot.state in (State.STOPPED, State.FAILED):
-                        del self.slots[name]
-            self.problems = [{"path": str(p.path), "reason": p.reason} for p in catalog.problems]
-            self._cond.notify_all()
+        self.problems = [{"path": str(p.path), "reason": p.reason} for p in catalog.problems]
+        for entry in catalog.entries:
+            if entry.name not in self._created:
+                self._created[entry.name] = _mtime(entry.path)
+        await self._call(s.CatalogChanged(catalog.entries))
 
     def model_type(self, model: str) -> str | None:
-        slot = self.slots.get(model)
+        slot = self.world.slots.get(model)
         return None if slot is None or slot.removed else str(slot.entry.type)
 
+    async def acquire(self, model: str, deadline_s: float) -> OnceLease:
+        """Wait (bounded) for ``model`` to be ready and hold it for one request. Cancelling this
+        withdraws the request: a load nobody waits for any more is not started."""
+        self._ensure_owner()
+        wid = next_waiter_id()
+        future: asyncio.Future[OnceLease] = asyncio.get_running_loop().create_future()
+        self._futures[wid] = future
+        self.post(s.Want(wid, model))
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await future
+        except TimeoutError:
+            self._abandon(wid, future)
+            raise NotReadyInTime(model, deadline_s) from None
+        except asyncio.CancelledError:
+            self._abandon(wid, future)
+            raise
+
+    def _abandon(self, wid: int, future: asyncio.Future[OnceLease]) -> None:
+        self._futures.pop(wid, None)
+        if future.done() and not future.cancelled() and future.exception() is None:
+            future.result().release()  # granted just as the caller gave up
+        else:
+            future.cancel()
+            self.post(s.Cancel(wid))
+
     def describe(self) -> list[ModelCard]:
-        out = []
-        for name, slot in sorted(self.slots.items()):
+        cards = []
+        for name, slot in sorted(self.world.slots.items()):
             if slot.removed:
                 continue
             where = planner.placement(slot.entry.memory_bytes, self.budget, slot.entry.placement)
-            out.append(
+            cards.append(
                 ModelCard(
                     id=name,
-                    created=_created(slot),
+                    created=self._created.get(name, 0),
                     type=str(slot.entry.type),
                     engine=slot.entry.engine,
-                    state=PUBLIC_STATE[slot.state],
-                    memory_bytes=slot.entry.memory_bytes,
-                    memory_estimated_bytes=slot.entry.memory_bytes,
+                    state=s.PUBLIC_STATE[slot.state],
                     placement=slot.placement or getattr(where, "kind", None),
+                    memory_bytes=slot.measured or slot.entry.memory_bytes,
+                    memory_estimated_bytes=slot.entry.memory_bytes,
+                    memory_measured_bytes=slot.measured,
                     in_flight=slot.in_flight,
-                    queued=slot.waiting,
+                    queued=self.world.queued(name),
+                    last_used=_wall(slot.last_used, self.clock) if slot.last_used else None,
                     error=slot.error,
                 )
             )
-        return out
+        return cards
 
     def health(self) -> dict[str, Any]:
         return {**self.snapshot(), "problems": self.problems}
 
     def snapshot(self) -> dict[str, Any]:
         """Planned memory and states, for tests and /v1/health."""
-        used = sum(s.footprint for s in self.slots.values() if s.state in _HOLDING)
         return {
             "budget_bytes": self.budget.total_bytes,
-            "planned_bytes": used,
-            "models": {n: s.state.value for n, s in self.slots.items()},
+            "reserved_bytes": self.config.reserved_bytes,
+            "planned_bytes": self.world.planned_bytes(),
+            "models": {n: slot.state.value for n, slot in self.world.slots.items()},
         }
 
-    # -- requests -------------------------------------------------------------------------
-
-    async def acquire(self, model: str, deadline_s: float) -> OnceLease:
-        deadline = self.clock() + deadline_s
-        async with self._cond:
-            slot = self.slots.get(model)
-            if slot is None or slot.removed:
-                raise ModelNotFound(model)
-            if slot.waiting >= self.settings.max_queue_per_model:
-                raise TooManyRequests(f"Too many requests are waiting for '{model}'.", retry_after=1)
-            slot.waiting += 1
-            self.metrics.queue.labels(model).inc()
-            try:
-                while True:
-                    if self._closing:
-                        raise Unavailable("The server is shutting down.", retry_after=5)
-                    if slot.state is State.READY:
-                        assert slot.handle is not None
-                        slot.in_flight += 1
-                        slot.last_used = self.clock()
-                        self.metrics.in_flight.labels(model).inc()
-                        return OnceLease(slot.handle.url, lambda s=slot: self._release(s))
-                    if slot.removed:
-                        raise ModelNotFound(model)
-                    if slot.state is State.FAILED and self.clock() < slot.retry_at:
-                        raise Unavailable(
-                            f"Model '{model}' failed: {slot.error}",
-                            retry_after=slot.retry_at - self.clock(),
-                            code="model_failed",
-                        )
-                    if slot.state in (State.STOPPED, State.FAILED):
-                        self._try_start(slot)
-                    remaining = deadline - self.clock()
-                    if remaining <= 0:
-                        raise NotReadyInTime(model, deadline_s)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._cond.wait(), remaining)
-            finally:
-                slot.waiting -= 1
-                self.metrics.queue.labels(model).dec()
-
-    def _release(self, slot: Slot) -> None:
-        slot.in_flight -= 1
-        slot.last_used = self.clock()
-        self.metrics.in_flight.labels(slot.entry.name).dec()
-        self._spawn(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._cond:
-            self._cond.notify_all()
-
-    def _loaded(self) -> list[planner.Loaded]:
-        return [
-            planner.Loaded(
-                name=n,
-                type=s.entry.type,
-                footprint_bytes=s.footprint,
-                last_used=s.last_used,
-                pinned=s.entry.pinned,
-                in_flight=s.in_flight,
-                loading=s.state is not State.READY,
-            )
-            for n, s in self.slots.items()
-            if s.state in _HOLDING
-        ]
-
-    def _try_start(self, slot: Slot) -> None:
-        """Under the lock: plan the load; when it can go ahead, start it (and its evictions)."""
-        where = planner.placement(slot.entry.memory_bytes, self.budget, slot.entry.placement)
-        if isinstance(where, planner.Refusal):
-            raise Unavailable(
-                f"Model '{slot.entry.name}' cannot be loaded: {where.reason}", retry_after=60, code="model_too_large"
-            )
-        name, kind, footprint = slot.entry.name, slot.entry.type, where.footprint_bytes
-        loaded = self._loaded()
-        now = planner.plan(self.budget, loaded, name, kind, footprint)
-        if not (isinstance(now, planner.Load) and not now.evict):
-            # Models already being stopped will free their memory: plan without them, so a
-            # second waiter never evicts more than needed, and wait while they go.
-            going = {n for n, s in self.slots.items() if s.state is State.DRAINING}
-            decision = planner.plan(self.budget, [m for m in loaded if m.name not in going], name, kind, footprint)
-            if isinstance(decision, planner.Refuse):
-                raise Unavailable(f"Model '{name}' cannot be loaded: {decision.reason}", retry_after=30, code="no_room")
-            if isinstance(decision, planner.Wait):
-                return  # busy models must drain first; a release wakes us to plan again
-            assert isinstance(decision, planner.Load)
-            # Stop the victims first and plan again once they are gone, so that planned memory
-            # never exceeds the budget, not even while a runtime shuts down.
-            for victim_name in decision.evict:
-                victim = self.slots[victim_name]
-                self._move(victim, State.DRAINING)
-                self.metrics.evictions.labels(victim_name).inc()
-                log.info("evicting %s (least recently used) to make room for %s", victim_name, name)
-                self._spawn(self._stop(victim))
-            return
-        self._move(slot, State.STARTING)
-        slot.placement, slot.footprint, slot.error = where.kind, where.footprint_bytes, None
-        self._spawn(self._start(slot))
-
-    async def _start(self, slot: Slot) -> None:
-        name = slot.entry.name
-        t0 = self.clock()
-        log.info("loading %s (%s, %s)", name, slot.entry.type, slot.placement)
-        handle: Handle | None = None
-        try:
-            handle = await self.launcher.start(
-                name,
-                slot.entry.path,
-                str(slot.entry.type),
-                slot.placement,
-                slot.footprint if slot.placement == "offload" else None,
-                self._child_env(),
-            )
-            slot.handle = handle
-            await self.launcher.wait_ready(handle, self.settings.load_timeout_s)
-        except (StartFailed, OSError) as exc:
-            if handle is not None:
-                await handle.stop()
-            async with self._cond:
-                slot.handle = None
-                slot.failures += 1
-                slot.error = str(exc)
-                # A model that cannot load will not load on the next request either.
-                slot.retry_at = self.clock() + min(LOAD_RETRY_S * 2 ** (slot.failures - 1), 600.0)
-                self._move(slot, State.FAILED)
-                self._cond.notify_all()
-            self.metrics.loads.labels(name, "failed").inc()
-            log.error("loading %s failed: %s", name, exc)
-            return
-        except asyncio.CancelledError:
-            if handle is not None:
-                await handle.stop()
-            raise
-        seconds = self.clock() - t0
-        async with self._cond:
-            self._move(slot, State.READY)
-            slot.ready_since = slot.last_used = self.clock()
-            slot.watcher = asyncio.create_task(self._watch(slot, handle))
-            self._cond.notify_all()
-        self.metrics.loads.labels(name, "ok").inc()
-        self.metrics.load_seconds.labels(name).observe(seconds)
-        log.info("ready: %s in %.2fs", name, seconds)
-
-    async def _watch(self, slot: Slot, handle: Handle) -> None:
-        """Notice a runtime that dies on its own; the next request restarts it (with backoff)."""
-        assert handle.exited is not None
-        code = await handle.exited
-        async with self._cond:
-            if slot.handle is not handle or slot.state is not State.READY:
-                return  # stopped on purpose
-            await handle.stop()
-            slot.handle = None
-            lived = self.clock() - slot.ready_since
-            slot.failures = 1 if lived > 60 else slot.failures + 1
-            slot.error = f"runtime exited unexpectedly with code {code}: {handle.reason()}"
-            log.error("%s: %s", slot.entry.name, slot.error)
-            self.metrics.crashes.labels(slot.entry.name).inc()
-            if slot.failures >= MAX_FAILURES:
-                self._move(slot, State.FAILED)
-                slot.retry_at = self.clock() + _backoff(slot.failures)
-            else:
-                self._move(slot, State.STOPPED)
-                slot.retry_at = self.clock() + _backoff(slot.failures - 1)
-            slot.footprint = 0
-            self._cond.notify_all()
-
-    async def _stop(self, slot: Slot) -> None:
-        """Stop a DRAINING slot once its in-flight requests are done."""
-        async with self._cond:
-            await self._cond.wait_for(lambda: slot.in_flight == 0 or self._closing)
-            handle, slot.handle = slot.handle, None
-        if handle is not None:
-            await handle.stop()
-        async with self._cond:
-            self._move(slot, State.STOPPED)
-            slot.footprint = 0
-            if slot.removed:
-                self.slots.pop(slot.entry.name, None)
-            self._cond.notify_all()
-        log.info("unloaded %s", slot.entry.name)
+    @property
+    def slots(self) -> dict[str, s.Slot]:
+        return dict(self.world.slots)
 
     async def forget_if_dead(self, model: str, url: str, timeout_s: float = 5.0) -> bool:
         """After a refused connection to ``url``: wait briefly for that runtime's exit to be
         noticed, so the caller can retry on a fresh one. True when it is gone."""
-        slot = self.slots.get(model)
-        if slot is None:
-            return False
-        handle = slot.handle
-        if handle is None or handle.url != url:
+        known = self._handles.get(model)
+        if known is None or known[1].url != url:
             return True  # already noticed and cleared (or replaced)
-        if handle.exited is None:
+        exited = known[1].exited
+        if exited is None:
             return False
-        done, _ = await asyncio.wait({handle.exited}, timeout=timeout_s)
-        if done and slot.watcher is not None:
-            await asyncio.wait({slot.watcher}, timeout=timeout_s)
-        return bool(done)
-
-    # -- background duties ----------------------------------------------------------------
+        done, _ = await asyncio.wait({exited}, timeout=timeout_s)
+        if not done:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await self.wait_until(lambda w: (slot := w.slots.get(model)) is None or slot.url != url, timeout_s)
+        return True
 
     async def reap_idle(self) -> None:
-        """Unload models idle past their timeout (LLM_AUTO_UNLOAD_MODELS)."""
-        now = self.clock()
-        async with self._cond:
-            idle = [
-                s
-                for s in self.slots.values()
-                if s.state is State.READY
-                and s.in_flight == 0
-                and s.waiting == 0
-                and not s.entry.pinned
-                and (s.removed or now - s.last_used >= self._idle_timeout(s))
-            ]
-            for slot in idle:
-                log.info("unloading %s: idle for %.0fs", slot.entry.name, now - slot.last_used)
-                self._move(slot, State.DRAINING)
-        await asyncio.gather(*(self._stop(s) for s in idle))
-
-    def _idle_timeout(self, slot: Slot) -> float:
-        if slot.entry.idle_timeout_s is not None:
-            return slot.entry.idle_timeout_s
-        return self.settings.idle_timeout_s if self.settings.auto_unload_models else float("inf")
+        """Look at idle timeouts now and wait for the unloads that follows (the owner also does
+        this by itself when a timeout is due)."""
+        await self._call(s.Tick())
+        await self.settled()
 
     async def close(self) -> None:
-        """Drain in-flight requests (bounded), stop every runtime, cancel background work."""
-        async with self._cond:
-            self._closing = True
-            for slot in self.slots.values():
-                if slot.state is State.READY:
-                    self._move(slot, State.DRAINING)
-            self._cond.notify_all()
+        """Drain in-flight requests (bounded), stop every runtime, end background work."""
+        self._ensure_owner()
+        self.post(s.Close())
+        limit = self.settings.drain_timeout_s + 2 * STOP_GRACE_S + 5
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.settings.drain_timeout_s):
-                async with self._cond:
-                    await self._cond.wait_for(lambda: all(s.in_flight == 0 for s in self.slots.values()))
-        for task in list(self._tasks):
+            await self.wait_until(lambda w: all(x.state not in s.HOLDING for x in w.slots.values()), limit)
+        for _, handle in list(self._handles.values()):  # only if a stop itself hung
+            with contextlib.suppress(Exception):
+                await handle.stop(0)
+        tasks = [*self._watchers.values(), *self._busy]
+        for task in tasks:
             task.cancel()
-        handles = [s.handle for s in self.slots.values() if s.handle is not None]
-        await asyncio.gather(*(h.stop() for h in handles), return_exceptions=True)
-        for slot in self.slots.values():
-            if slot.watcher is not None:
-                slot.watcher.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._owner is not None:
+            self._owner.cancel()
+            await asyncio.gather(self._owner, return_exceptions=True)
         await self.launcher.close()
 
-    # -- helpers --------------------------------------------------------------------------
+    # -- observing (tests, the event stream) --------------------------------------------------
 
-    def _move(self, slot: Slot, new: State) -> None:
-        if new not in TRANSITIONS[slot.state]:
-            raise RuntimeError(f"{slot.entry.name}: illegal transition {slot.state} -> {new}")
-        self.metrics.state.labels(slot.entry.name, slot.state.value).set(0)
-        slot.state = new
-        self.metrics.state.labels(slot.entry.name, new.value).set(1)
+    async def wait_until(self, predicate: Callable[[s.World], bool], timeout_s: float | None = None) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not predicate(self.world):
+                self._changed.clear()
+                await self._changed.wait()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def settled(self) -> None:
+        """Until no event is pending and no start, stop, park or wake is under way."""
+        while self._inbox or self._busy:
+            if self._busy:
+                await asyncio.wait(set(self._busy))
+            else:
+                self._changed.clear()
+                await self._changed.wait()
+
+    # -- the owner ----------------------------------------------------------------------------
+
+    def post(self, event: s.Event) -> None:
+        """Hand an event to the owner task; safe from any task and from sync callbacks."""
+        self._inbox.append((event, None))
+        self._wakeup.set()
+
+    async def _call(self, event: s.Event) -> list[asyncio.Task[Any]]:
+        """Post an event and wait until the owner has applied it."""
+        self._ensure_owner()
+        ack: asyncio.Future[list[asyncio.Task[Any]]] = asyncio.get_running_loop().create_future()
+        self._inbox.append((event, ack))
+        self._wakeup.set()
+        return await ack
+
+    def _ensure_owner(self) -> None:
+        if self._owner is None or self._owner.done():
+            self._owner = asyncio.create_task(self._run(), name="llmi-supervisor")
+
+    async def _run(self) -> None:
+        while True:
+            while not self._inbox:
+                self._wakeup.clear()
+                wake = next_wakeup(self.world, self.clock(), self.config)
+                try:
+                    async with asyncio.timeout(None if wake is None else max(0.001, wake - self.clock())):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    self._inbox.append((s.Tick(), None))
+            event, ack = self._inbox.popleft()
+            spawned: list[asyncio.Task[Any]] = []
+            try:
+                self.config = replace(self.config, reserved_bytes=self._reserved())
+                self.world, effects = step(self.world, event, self.clock(), self.config)
+                spawned = [t for t in (self._do(effect) for effect in effects) if t is not None]
+                self._publish()
+            except Exception:
+                log.exception("supervisor: could not apply %s", event)
+            finally:
+                if ack is not None and not ack.done():
+                    ack.set_result(spawned)
+                self._changed.set()
+
+    def _reserved(self) -> int:
+        # A launcher's own memory is host memory: it counts where the budget is host memory.
+        return 0 if self.budget.gpu else self.launcher.reserved_bytes()
+
+    def _do(self, effect: s.Effect) -> asyncio.Task[Any] | None:
+        match effect:
+            case s.Grant(waiter=wid, model=model, url=url):
+                future = self._futures.pop(wid, None)
+                if future is None or future.done():
+                    self.post(s.Release(model))  # the caller left in the meantime
+                else:
+                    future.set_result(OnceLease(url, lambda m=model: self.post(s.Release(m))))
+            case s.Refuse(waiter=wid):
+                future = self._futures.pop(wid, None)
+                if future is not None and not future.done():
+                    future.set_exception(_refusal(effect))
+            case s.Spawn():
+                task = self._background(self._start(effect), effect.model)
+                self._starting[effect.model] = task
+                return task
+            case s.Stop(model=model, attempt=attempt):
+                return self._background(self._stop(model, attempt), model)
+            case s.Park(model=model, attempt=attempt):
+                task = self._ops[model] = self._background(self._park(model, attempt), model)
+                return task
+            case s.Wake(model=model, attempt=attempt):
+                task = self._ops[model] = self._background(self._wake(model, attempt), model)
+                return task
+            case s.Measure(model=model, attempt=attempt):
+                return self._background(self._measure(model, attempt), model)
+            case s.Note():
+                self._note(effect)
+        return None
+
+    def _background(self, coro: Coroutine[Any, Any, None], model: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=f"llmi-{model}")
+        self._busy.add(task)
+        task.add_done_callback(self._busy.discard)
+        return task
+
+    # -- child tasks: each reports back with one event ----------------------------------------
+
+    async def _start(self, spawn: s.Spawn) -> None:
+        model, attempt = spawn.model, spawn.attempt
+        entry = self.world.slots[model].entry
+        starting = asyncio.ensure_future(
+            self.launcher.start(
+                model,
+                entry.path,
+                str(entry.type),
+                spawn.placement,
+                spawn.footprint if spawn.placement == "offload" else None,
+                self._child_env(),
+            )
+        )
+        try:
+            # Shielded: a stop that comes mid-spawn must still find (and stop) the process.
+            handle = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                self._handles[model] = (attempt, await starting)
+            raise
+        except Exception as exc:
+            self.post(s.StartFailed(model, attempt, _describe(exc)))
+            return
+        self._handles[model] = (attempt, handle)
+        try:
+            seconds = await self.launcher.wait_ready(handle, self.settings.load_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # StartFailed, OSError, or a bug: never stuck in STARTING
+            with contextlib.suppress(Exception):
+                await handle.stop(STOP_GRACE_S)
+            if self._handles.get(model, (None,))[0] == attempt:
+                del self._handles[model]
+            self.post(s.StartFailed(model, attempt, _describe(exc)))
+            return
+        self.post(s.Started(model, attempt, handle.url, seconds))
+        self._watchers[model] = asyncio.create_task(self._watch(model, attempt, handle))
+
+    async def _watch(self, model: str, attempt: int, handle: Handle) -> None:
+        """Notice a runtime that exits; the decision whether that was a crash is step's."""
+        if handle.exited is None:
+            return
+        code = await handle.exited
+        self.post(s.Exited(model, attempt, code, handle.reason()))
+
+    async def _stop(self, model: str, attempt: int) -> None:
+        for task in (self._starting.pop(model, None), self._ops.pop(model, None)):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        watcher = self._watchers.pop(model, None)
+        if watcher is not None:
+            watcher.cancel()
+        known = self._handles.get(model)
+        if known is not None and known[0] == attempt:
+            del self._handles[model]
+            try:
+                await known[1].stop(STOP_GRACE_S)
+            except Exception:
+                log.exception("stopping %s", model)
+        self.post(s.Stopped(model, attempt))
+
+    async def _park(self, model: str, attempt: int) -> None:
+        known = self._handles.get(model)
+        try:
+            if known is None:
+                raise RuntimeError("no runtime")
+            residue = await self.launcher.park(known[1])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("parking %s failed (%s); stopping it instead", model, _describe(exc))
+            self.post(s.Exited(model, attempt, -1, f"parking failed: {_describe(exc)}"))
+            return
+        self.post(s.Parked(model, attempt, residue))
+
+    async def _wake(self, model: str, attempt: int) -> None:
+        known = self._handles.get(model)
+        try:
+            if known is None:
+                raise RuntimeError("no runtime")
+            await self.launcher.wake(known[1])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.post(s.Exited(model, attempt, -1, f"waking failed: {_describe(exc)}"))
+            return
+        self.post(s.Woken(model, attempt))
+
+    async def _measure(self, model: str, attempt: int) -> None:
+        known = self._handles.get(model)
+        if known is None or known[0] != attempt:
+            return
+        size = await self.launcher.measure(known[1])
+        if size is None:
+            return
+        self.post(s.Measured(model, attempt, size))
+        slot = self.world.slots.get(model)
+        if self._remember is not None and slot is not None and slot.placement:
+            self._remember(model, slot.placement, size)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        m = self.metrics
+        for name, slot in self.world.slots.items():
+            m.queue.labels(name).set(self.world.queued(name))
+            m.in_flight.labels(name).set(slot.in_flight)
+            for state in s.State:
+                m.state.labels(name, state.value).set(1 if slot.state is state else 0)
+
+    def _note(self, note: s.Note) -> None:
+        m, name = self.metrics, note.model
+        match note.kind:
+            case "found":
+                slot = self.world.slots.get(name)
+                size = slot.entry.memory_bytes / 2**30 if slot else 0.0
+                log.info("found %s (~%.2f GiB) at %s", name, size, note.detail)
+            case "ready":
+                if note.seconds is not None:
+                    m.loads.labels(name, "ok").inc()
+                    m.load_seconds.labels(name).observe(note.seconds)
+                    log.info("ready: %s in %.2fs (%s)", name, note.seconds, note.detail)
+                else:
+                    log.info("ready: %s (%s)", name, note.detail)
+            case "failed":
+                m.loads.labels(name, "failed").inc()
+                log.error("loading %s failed: %s", name, note.detail)
+            case "evicting":
+                m.evictions.labels(name).inc()
+                log.info("evicting %s (least recently used) %s", name, note.detail)
+            case "crashed":
+                m.crashes.labels(name).inc()
+                log.error("%s: %s", name, note.detail)
+            case "stopped":
+                log.info("unloaded %s", name)
+            case _:
+                log.info("%s: %s %s", name, note.kind, note.detail)
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -427,16 +459,33 @@ class Supervisor:
         return env
 
 
-_HOLDING = {State.STARTING, State.READY, State.DRAINING}
+def _refusal(refuse: s.Refuse) -> LlmiError:
+    match refuse.kind:
+        case "not_found":
+            return ModelNotFound(refuse.model)
+        case "queue_full":
+            return TooManyRequests(refuse.message, retry_after=refuse.retry_after)
+        case "failed":
+            return Unavailable(refuse.message, retry_after=refuse.retry_after, code="model_failed")
+        case "too_large":
+            return Unavailable(refuse.message, retry_after=refuse.retry_after, code="model_too_large")
+        case "no_room":
+            return Unavailable(refuse.message, retry_after=refuse.retry_after, code="no_room")
+        case _:
+            return Unavailable(refuse.message, retry_after=refuse.retry_after)
 
 
-def _created(slot: Slot) -> int:
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _mtime(path: Path) -> int:
     """OpenAI's ``created``: when the model folder last changed."""
     try:
-        return int(slot.entry.path.stat().st_mtime)
+        return int(path.stat().st_mtime)
     except OSError:
         return 0
 
 
-def _backoff(failures: int) -> float:
-    return 0.0 if failures <= 1 else min(2.0 ** (failures - 1), 60.0)
+def _wall(monotonic_time: float, clock: Callable[[], float]) -> float:
+    return round(time.time() - (clock() - monotonic_time), 3)
