@@ -64,6 +64,7 @@ class ModelEntry:
     placement: PlacementOverride = "auto"
     pinned: bool = False
     idle_timeout_s: float | None = None
+    memory_override: bool = False  # llmi.yaml set ``memory``: the planner keeps it over any measurement
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,8 @@ def describe(folder: Path, name: str, max_model_len: int) -> ModelEntry:
     idle = parse_duration(overrides["idle_timeout"]) if overrides.get("idle_timeout") is not None else None
     est = estimate(folder, model_type, max_model_len)
     memory = parse_size(overrides["memory"]) if overrides.get("memory") is not None else est.total_bytes
-    return ModelEntry(name, model_type, folder, memory, est, engine, place, pinned, idle)
+    overridden = overrides.get("memory") is not None
+    return ModelEntry(name, model_type, folder, memory, est, engine, place, pinned, idle, overridden)
 
 
 def _name_hint(name: str, model_type: ModelType) -> ModelType:

@@ -148,6 +148,8 @@ def _apply(b: _Builder, event: Event) -> None:
             if slot is not None and slot.attempt == attempt and slot.state is State.READY and size > 0:
                 # From now on the planner counts what the runtime really holds.
                 counted = size if slot.placement != "cpu" or not b.config.budget.gpu else 0
+                if slot.entry.memory_override:
+                    counted = slot.footprint  # the folder's llmi.yaml says what to plan with
                 b.set(name, measured=size, measured_placement=slot.placement, footprint=counted)
         case Tick():
             pass
@@ -497,7 +499,7 @@ def _placement(b: _Builder, slot: Slot) -> planner.Placement | planner.Refusal:
     """Where the estimate puts the model; its footprint is the measured figure once known."""
     budget = b.config.effective()
     where = planner.placement(slot.entry.memory_bytes, budget, slot.entry.placement)
-    if slot.measured is None:
+    if slot.measured is None or slot.entry.memory_override:
         return where
     if isinstance(where, planner.Refusal):
         return planner.placement(slot.measured, budget, slot.entry.placement)  # the estimate erred high
