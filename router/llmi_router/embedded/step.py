@@ -10,8 +10,9 @@ Scheduling rules, applied after every event:
 - A request for a ready model is granted at once while the model has fewer than
   ``max_concurrent`` requests in flight; the others queue (at most ``max_queue`` per model, then
   429 with Retry-After).
-- Models are made ready in the order of their oldest waiting request. Room comes from the
-  planner: idle models (no request in flight or queued) go first, least recently used first.
+- Models are made ready longest queue first (most requests served per load), except that a
+  request that has waited ``fairness_s`` puts its model first. Room comes from the planner:
+  idle models (no request in flight or queued) go first, least recently used first.
   A loaded model that still has work queued is kept until its queue is empty, unless another
   model's request has waited ``fairness_s``: then it drains (no new requests, in-flight ones
   finish) and makes room. That bounds waiting while saving swaps (llama-swap's reordering).
@@ -378,11 +379,20 @@ def _forget(b: _Builder, name: str) -> None:
 
 
 def _wanted_in_order(b: _Builder) -> list[str]:
-    order: list[str] = []
+    """Models with waiting requests, in the order they get room: any whose oldest request has
+    waited ``fairness_s`` first (oldest first), then the longest queues, so each load serves as
+    many requests as it can (fewer loads for the same work)."""
+    oldest: dict[str, float] = {}
+    count: dict[str, int] = {}
     for waiter in b.waiters:
-        if waiter.model not in order:
-            order.append(waiter.model)
-    return order
+        oldest.setdefault(waiter.model, waiter.since)
+        count[waiter.model] = count.get(waiter.model, 0) + 1
+
+    def key(name: str) -> tuple[bool, float, float]:
+        overdue = b.now - oldest[name] >= b.config.fairness_s
+        return (not overdue, oldest[name] if overdue else -count[name], oldest[name])
+
+    return sorted(oldest, key=key)
 
 
 def _make_ready(b: _Builder, name: str, placeholders: list[planner.Loaded]) -> None:
