@@ -7,8 +7,8 @@ planned footprints never exceed the budget.
 Rules of ``plan``: models are evicted least recently used first, and only as many as
 needed (a model that takes none of the budget, e.g. one placed on the CPU, is never evicted
 for room); pinned, busy (requests in flight) and loading models are never evicted. At most
-``cache_size_per_type`` unpinned models of one type stay loaded (pinned models do not count,
-so pinning a model never blocks its type for good). When only busy or loading models stand
+``cache_size_per_type`` unpinned models of one type stay loaded (pinned and parked models do
+not count, so pinning a model never blocks its type for good). When only busy or loading models stand
 in the way the answer is ``Wait`` (plan again once they drain); when even evicting every
 unpinned model would not make room it is ``Refuse``.
 """
@@ -112,6 +112,7 @@ class Loaded:
     pinned: bool = False
     in_flight: int = 0
     loading: bool = False
+    parked: bool = False  # weights in host memory: holds only its residue, not a place of its type
 
     @property
     def evictable(self) -> bool:
@@ -164,7 +165,7 @@ def plan(budget: Budget, loaded: Sequence[Loaded], name: str, type: ModelType, f
             f"of the {gib(budget.total_bytes)} budget"
         )
     by_lru = sorted(loaded, key=lru_key)
-    same_type = [m for m in by_lru if m.type == type and not m.pinned]
+    same_type = [m for m in by_lru if m.type == type and not m.pinned and not m.parked]
     excess = len(same_type) - (budget.cache_size_per_type - 1)
     idle_same_type = [m for m in same_type if m.evictable]
     if excess > len(idle_same_type):

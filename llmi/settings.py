@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size.")
     vllm_dtype: str = Field("auto", description="vLLM dtype.")
     vllm_max_model_len: int = Field(16384, ge=16, description="Context length for chat models (tokens).")
+    vllm_command: str | None = Field(
+        None,
+        description="How to run vLLM, e.g. '/opt/vllm/bin/vllm' (default: the vllm script of an installed "
+        "vLLM). Chat models run on vLLM's own server when a GPU is present and vLLM can be run.",
+    )
 
     # Model management (kept from the original tool).
     auto_unload_models: bool = Field(True, description="Unload idle models after their idle timeout.")
@@ -88,6 +93,9 @@ class Settings(BaseSettings):
     max_load_failures: int = Field(5, ge=1, description="Quick crashes in a row before a model is marked failed.")
     load_retry_s: float = Field(
         30.0, gt=0, description="Wait after a failed load before the next try (s); doubles per failure, max 600."
+    )
+    host_memory_budget_gb: float | None = Field(
+        None, gt=0, description="Host memory parked models may hold (GiB; default: half of host memory)."
     )
     park_models: bool = Field(
         True, description="On a GPU, park evicted models in host memory (weights to CPU) instead of stopping them."

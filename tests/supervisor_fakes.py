@@ -11,6 +11,7 @@ from llmi.catalog.estimate import Estimate
 from llmi.catalog.scan import Catalog, ModelEntry
 from llmi.modeltypes import ModelType
 from llmi.settings import Settings
+from llmi_router.embedded.launch import RuntimeSpec
 from llmi_router.embedded.process import StartFailed
 from llmi_router.embedded.slots import World
 from llmi_router.embedded.supervisor import Supervisor
@@ -57,11 +58,12 @@ class FakeLauncher:
         self.woken: list[str] = []
         self.residue = GIB // 4
         self.reserved = 0
+        self.specs: list[RuntimeSpec] = []
         self.began: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)  # start() was called
 
-    async def start(
-        self, name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, env: dict[str, str]
-    ) -> FakeHandle:
+    async def start(self, spec: RuntimeSpec) -> FakeHandle:
+        name = spec.name
+        self.specs.append(spec)
         if name in self.explode:
             raise self.explode[name]
         handle = self.handles[name] = FakeHandle(name, len(self.started))

@@ -5,8 +5,27 @@ tests pass in-memory fakes."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """One runtime to start: the model, where the plan put it, and the child's environment."""
+
+    name: str
+    path: Path
+    model_type: str
+    placement: str
+    footprint_bytes: int  # of the budget
+    memory_bytes: int  # the whole model (offload keeps the rest in host memory)
+    env: Mapping[str, str]
+
+    @property
+    def max_gpu_memory(self) -> int | None:
+        return self.footprint_bytes if self.placement == "offload" else None
 
 
 class Handle(Protocol):
@@ -21,9 +40,7 @@ class Handle(Protocol):
 
 
 class Launcher(Protocol):
-    async def start(
-        self, name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, env: dict[str, str]
-    ) -> Handle: ...
+    async def start(self, spec: RuntimeSpec) -> Handle: ...
 
     async def wait_ready(self, handle: Any, deadline_s: float) -> float: ...
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from llmi_router.embedded.launch import RuntimeSpec
+
 log = logging.getLogger("llmi.supervisor")
 EXIT_LOAD_FAILED = 3
 
@@ -80,30 +82,28 @@ class RuntimeHandle:
         return int(self.proc.returncode or 0)
 
 
+def runtime_command(
+    name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, port: int
+) -> list[str]:
+    """``llmi runtime`` for one model on a loopback port."""
+    cmd = [sys.executable, "-m", "llmi.cli", "runtime", "--model", str(path), "--name", name, "--type", model_type]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--placement", placement]
+    if max_gpu_memory:
+        cmd += ["--max-gpu-memory", str(max_gpu_memory)]
+    return cmd
+
+
 async def spawn_runtime(
     name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, env: dict[str, str]
 ) -> RuntimeHandle:
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "llmi.cli",
-        "runtime",
-        "--model",
-        str(path),
-        "--name",
-        name,
-        "--type",
-        model_type,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--placement",
-        placement,
-    ]
-    if max_gpu_memory:
-        cmd += ["--max-gpu-memory", str(max_gpu_memory)]
+    return await spawn_process(
+        name, runtime_command(name, path, model_type, placement, max_gpu_memory, port), port, env
+    )
+
+
+async def spawn_process(name: str, cmd: list[str], port: int, env: dict[str, str]) -> RuntimeHandle:
+    """Start ``cmd`` (a server that will listen on ``port``) in its own process group."""
     proc = await asyncio.create_subprocess_exec(
         *cmd,
         stdin=asyncio.subprocess.DEVNULL,
@@ -130,8 +130,10 @@ async def _relay(handle: RuntimeHandle) -> None:
             child.info("%s", line)
 
 
-async def wait_ready(handle: RuntimeHandle, deadline_s: float, client: httpx.AsyncClient) -> float:
-    """Poll /readyz until 200; fail early when the process exits. Returns seconds taken."""
+async def wait_ready(
+    handle: RuntimeHandle, deadline_s: float, client: httpx.AsyncClient, path: str = "/readyz"
+) -> float:
+    """Poll ``path`` until 200; fail early when the process exits. Returns seconds taken."""
     t0 = time.monotonic()
     delay = 0.05
     while True:
@@ -141,7 +143,7 @@ async def wait_ready(handle: RuntimeHandle, deadline_s: float, client: httpx.Asy
             what = "could not load the model" if code == EXIT_LOAD_FAILED else f"exited with code {code}"
             raise StartFailed(f"runtime {what}: {handle.reason()}")
         with contextlib.suppress(httpx.TransportError):
-            if (await client.get(f"{handle.url}/readyz", timeout=2)).status_code == 200:
+            if (await client.get(f"{handle.url}{path}", timeout=2)).status_code == 200:
                 return time.monotonic() - t0
         if time.monotonic() - t0 > deadline_s:
             raise StartFailed(f"runtime was not ready after {deadline_s:.0f}s")
@@ -181,10 +183,10 @@ class ProcessLauncher:
     def __init__(self) -> None:
         self._client = httpx.AsyncClient()
 
-    async def start(
-        self, name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, env: dict[str, str]
-    ) -> RuntimeHandle:
-        return await spawn_runtime(name, path, model_type, placement, max_gpu_memory, env)
+    async def start(self, spec: RuntimeSpec) -> RuntimeHandle:
+        return await spawn_runtime(
+            spec.name, spec.path, spec.model_type, spec.placement, spec.max_gpu_memory, dict(spec.env)
+        )
 
     async def wait_ready(self, handle: RuntimeHandle, deadline_s: float) -> float:
         return await wait_ready(handle, deadline_s, self._client)

@@ -13,6 +13,7 @@ from llmi.catalog.scan import Catalog, scan
 from llmi.settings import Settings
 from llmi_router.app import build_router_app, serve_app
 from llmi_router.embedded.supervisor import Supervisor
+from llmi_router.embedded.vllm import VllmLauncher, vllm_command
 from llmi_router.metrics import RouterMetrics
 
 log = logging.getLogger("llmi.serve")
@@ -50,7 +51,15 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
 
     metrics = RouterMetrics()
-    supervisor = Supervisor(settings, budget, metrics)
+    command = vllm_command(settings) if budget.gpu else None
+    gpu_total = int(args.gpu_memory_gb * 2**30) if args.gpu_memory_gb else hardware.gpu_memory_bytes()
+    supervisor = Supervisor(
+        settings,
+        budget,
+        metrics,
+        host_budget_bytes=host_budget_bytes(settings),
+        vllm_launcher=VllmLauncher(settings, command, gpu_total) if command else None,
+    )
     first = _scan(models_dir, hf_cache, settings)
     _log_catalog(first, None)
 
@@ -72,6 +81,13 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     app = build_router_app(supervisor, settings, metrics, background=background, startup=startup)
     serve_app(app, settings)
     return 0
+
+
+def host_budget_bytes(settings: Settings) -> int:
+    """Host memory parked models may hold (LLM_HOST_MEMORY_BUDGET_GB, default half the RAM)."""
+    if settings.host_memory_budget_gb is not None:
+        return int(settings.host_memory_budget_gb * 2**30)
+    return hardware.host_memory_bytes() // 2
 
 
 def _log_catalog(catalog: Catalog, previous: Catalog | None) -> None:

@@ -529,6 +529,7 @@ def _as_loaded(b: _Builder, name: str, slot: Slot, overdue: bool) -> planner.Loa
         pinned=slot.entry.pinned,
         in_flight=busy,
         loading=slot.state in (State.STARTING, State.WAKING, State.PARKING),
+        parked=slot.state is State.PARKED,
     )
 
 

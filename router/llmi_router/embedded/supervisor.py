@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from llmi import planner
-from llmi.catalog.scan import Catalog
+from llmi.catalog.scan import Catalog, ModelEntry
 from llmi.errors import LlmiError, ModelNotFound, NotReadyInTime, TooManyRequests, Unavailable
 from llmi.protocol.models import ModelCard
 from llmi.settings import Settings
+from llmi.vllm import resolve_engine
 from llmi_router.embedded import slots as s
-from llmi_router.embedded.launch import Handle, Launcher
+from llmi_router.embedded.launch import Handle, Launcher, RuntimeSpec
 from llmi_router.embedded.process import ProcessLauncher
 from llmi_router.embedded.step import next_waiter_id, next_wakeup, step
 from llmi_router.metrics import RouterMetrics
@@ -65,12 +66,14 @@ class Supervisor:
         launcher: Launcher | None = None,
         host_budget_bytes: int = 0,
         remember: Callable[[str, str, int], None] | None = None,
+        vllm_launcher: Launcher | None = None,
     ) -> None:
         self.settings = settings
         self.budget = budget
         self.metrics = metrics
         self.clock = clock
         self.launcher: Launcher = launcher or ProcessLauncher()
+        self.vllm_launcher = vllm_launcher  # for chat models on vLLM (GPU); None: vLLM cannot run here
         self.config = config_from(settings, budget, host_budget_bytes)
         self.world = s.World()
         self.problems: list[dict[str, str]] = []
@@ -81,7 +84,7 @@ class Supervisor:
         self._changed = asyncio.Event()
         self._owner: asyncio.Task[None] | None = None
         self._futures: dict[int, asyncio.Future[OnceLease]] = {}
-        self._handles: dict[str, tuple[int, Handle]] = {}
+        self._handles: dict[str, tuple[int, Handle, Launcher]] = {}
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._ops: dict[str, asyncio.Task[None]] = {}
@@ -135,12 +138,13 @@ class Supervisor:
             if slot.removed:
                 continue
             where = planner.placement(slot.entry.memory_bytes, self.budget, slot.entry.placement)
+            engine = self._engine(slot.entry, slot.placement or getattr(where, "kind", "cpu"))
             cards.append(
                 ModelCard(
                     id=name,
                     created=self._created.get(name, 0),
                     type=str(slot.entry.type),
-                    engine=slot.entry.engine,
+                    engine=engine if engine in ("vllm", "transformers") else slot.entry.engine,
                     state=s.PUBLIC_STATE[slot.state],
                     placement=slot.placement or getattr(where, "kind", None),
                     memory_bytes=slot.measured or slot.entry.memory_bytes,
@@ -199,7 +203,7 @@ class Supervisor:
         limit = self.settings.drain_timeout_s + 2 * STOP_GRACE_S + 5
         with contextlib.suppress(TimeoutError):
             await self.wait_until(lambda w: all(x.state not in s.HOLDING for x in w.slots.values()), limit)
-        for _, handle in list(self._handles.values()):  # only if a stop itself hung
+        for _, handle, _ in list(self._handles.values()):  # only if a stop itself hung
             with contextlib.suppress(Exception):
                 await handle.stop(0)
         tasks = [*self._watchers.values(), *self._busy]
@@ -210,6 +214,8 @@ class Supervisor:
             self._owner.cancel()
             await asyncio.gather(self._owner, return_exceptions=True)
         await self.launcher.close()
+        if self.vllm_launcher is not None:
+            await self.vllm_launcher.close()
 
     # -- observing (tests, the event stream) --------------------------------------------------
 
@@ -313,32 +319,36 @@ class Supervisor:
 
     # -- child tasks: each reports back with one event ----------------------------------------
 
+    def _engine(self, entry: ModelEntry, placement: str) -> str:
+        return resolve_engine(
+            entry.engine, entry.type, placement, gpu=self.budget.gpu, vllm_available=self.vllm_launcher is not None
+        )
+
     async def _start(self, spawn: s.Spawn) -> None:
         model, attempt = spawn.model, spawn.attempt
         entry = self.world.slots[model].entry
-        starting = asyncio.ensure_future(
-            self.launcher.start(
-                model,
-                entry.path,
-                str(entry.type),
-                spawn.placement,
-                spawn.footprint if spawn.placement == "offload" else None,
-                self._child_env(),
-            )
+        engine = self._engine(entry, spawn.placement)
+        if engine not in ("vllm", "transformers"):
+            self.post(s.StartFailed(model, attempt, engine))  # the reason it cannot run here
+            return
+        launcher = self.vllm_launcher if engine == "vllm" and self.vllm_launcher is not None else self.launcher
+        spec = RuntimeSpec(
+            model, entry.path, str(entry.type), spawn.placement, spawn.footprint, entry.memory_bytes, self._child_env()
         )
+        starting = asyncio.ensure_future(launcher.start(spec))
         try:
             # Shielded: a stop that comes mid-spawn must still find (and stop) the process.
             handle = await asyncio.shield(starting)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                self._handles[model] = (attempt, await starting)
+                self._handles[model] = (attempt, await starting, launcher)
             raise
         except Exception as exc:
             self.post(s.StartFailed(model, attempt, _describe(exc)))
             return
-        self._handles[model] = (attempt, handle)
+        self._handles[model] = (attempt, handle, launcher)
         try:
-            seconds = await self.launcher.wait_ready(handle, self.settings.load_timeout_s)
+            seconds = await launcher.wait_ready(handle, self.settings.load_timeout_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # StartFailed, OSError, or a bug: never stuck in STARTING
@@ -380,7 +390,7 @@ class Supervisor:
         try:
             if known is None:
                 raise RuntimeError("no runtime")
-            residue = await self.launcher.park(known[1])
+            residue = await known[2].park(known[1])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -394,7 +404,7 @@ class Supervisor:
         try:
             if known is None:
                 raise RuntimeError("no runtime")
-            await self.launcher.wake(known[1])
+            await known[2].wake(known[1])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -406,7 +416,7 @@ class Supervisor:
         known = self._handles.get(model)
         if known is None or known[0] != attempt:
             return
-        size = await self.launcher.measure(known[1])
+        size = await known[2].measure(known[1])
         if size is None:
             return
         self.post(s.Measured(model, attempt, size))
