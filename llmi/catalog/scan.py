@@ -28,7 +28,7 @@ from typing import Any, Literal, cast
 from llmi.catalog.classify import NotAModel, detect_type, read_overrides
 from llmi.catalog.estimate import Estimate, estimate
 from llmi.modeltypes import ModelType
-from llmi.planner import PlacementOverride
+from llmi.planner import DeviceKind, PlacementOverride
 
 Engine = Literal["auto", "transformers", "vllm"]
 ENGINES: tuple[Engine, ...] = ("auto", "transformers", "vllm")
@@ -58,7 +58,7 @@ class ModelEntry:
     name: str
     type: ModelType
     path: Path
-    memory_bytes: int
+    memory_bytes: int  # for the budget's device kind: the override, else the estimate
     estimate: Estimate
     engine: Engine = "auto"
     placement: PlacementOverride = "auto"
@@ -125,8 +125,8 @@ def _pinned(overrides: dict[str, Any]) -> bool:
     return values.pop() if values else False
 
 
-def describe(folder: Path, name: str, max_model_len: int) -> ModelEntry:
-    """The entry for one model folder; raises NotAModel (or ValueError for llmi.yaml) with the reason."""
+def describe(folder: Path, name: str, max_model_len: int, device: DeviceKind = "cuda") -> ModelEntry:
+    """The entry for one model folder, estimated for ``device``; raises NotAModel (or ValueError) with the reason."""
     overrides = read_overrides(folder)
     model_type = detect_type(folder)
     if "type" not in overrides and model_type is ModelType.CHAT:
@@ -141,7 +141,7 @@ def describe(folder: Path, name: str, max_model_len: int) -> ModelEntry:
     place = cast(PlacementOverride, _choice(overrides, "placement", PLACEMENTS))
     pinned = _pinned(overrides)
     idle = parse_duration(overrides["idle_timeout"]) if overrides.get("idle_timeout") is not None else None
-    est = estimate(folder, model_type, max_model_len)
+    est = estimate(folder, model_type, max_model_len, device)
     memory = parse_size(overrides["memory"]) if overrides.get("memory") is not None else est.total_bytes
     return ModelEntry(name, model_type, folder, memory, est, engine, place, pinned, idle)
 
@@ -202,8 +202,11 @@ def cache_candidates(hf_cache: Path) -> tuple[list[tuple[str, Path]], list[Probl
     return found, problems
 
 
-def scan(models_dir: Path, *, hf_cache: Path | None = None, max_model_len: int) -> Catalog:
-    """Every usable model under models_dir (then hf_cache), and every folder that is not, with why."""
+def scan(models_dir: Path, *, hf_cache: Path | None = None, max_model_len: int, device: DeviceKind = "cuda") -> Catalog:
+    """Every usable model under models_dir (then hf_cache), and every folder that is not, with why.
+
+    ``device`` is the budget's kind (``Budget.device``): memory estimates are made for it.
+    """
     found = candidates(models_dir)
     problems = [Problem(d, "not a directory", "") for d in (models_dir, hf_cache) if d and not d.is_dir()]
     if hf_cache is not None:
@@ -213,7 +216,7 @@ def scan(models_dir: Path, *, hf_cache: Path | None = None, max_model_len: int) 
     entries: dict[str, ModelEntry] = {}
     for name, folder in found:
         try:
-            entry = describe(folder, name, max_model_len)
+            entry = describe(folder, name, max_model_len, device)
         except (NotAModel, ValueError, OSError, RecursionError) as exc:
             problems.append(Problem(folder, str(exc) or type(exc).__name__, name))
             continue
