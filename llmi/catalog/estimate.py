@@ -8,14 +8,19 @@ The estimate depends on the device kind the budget counts (``cpu``: host memory,
 GPU memory) and is ``baseline + weights + overhead + kv_cache``:
 
 - ``baseline``: what a runtime process holds before any weight, ``PROCESS_BASELINE_BYTES``.
-  CPU: the interpreter, torch, transformers and the web stack. Calibrated on 2026-12-01 by
-  the PSS of a cold ``llmi runtime`` (its own process, nothing shared) serving each tiny test
-  model (weights under 0.5 MiB), torch 2.13 / transformers 5 on x86-64: chat 398-399 MiB,
-  vision 392, multimodal 397, embedding and reranker 445-446 (they import
-  sentence-transformers too: the ``RUNTIME_OVERHEAD_BYTES`` of those types). A pre-imported
-  launcher whose children share the library pages lowers the PSS; re-calibrate the constant
-  then (tests/test_memory_truth.py prints the figures). GPU: the CUDA context, not yet
-  calibrated on a GPU (300-600 MiB for torch 2.x with lazy module loading, by GPU).
+  CPU: the interpreter, torch, transformers and the web stack. Calibrated on 2026-12-01 from
+  ``/proc/PID/smaps_rollup`` of a cold ``llmi runtime`` serving each tiny test model (weights
+  under 0.5 MiB; torch 2.13, transformers 5, x86-64): PSS 392-399 MiB for chat, vision and
+  multimodal, of which 292 MiB anonymous (private) and 100-106 MiB library file pages; 445-446
+  MiB (332 anonymous) for embedding and reranker, which import sentence-transformers too (the
+  40 MiB ``RUNTIME_OVERHEAD_BYTES`` of those types). PSS splits file pages among the processes
+  that map them, so a runtime beside others (other runtimes, other torch processes, a launcher
+  it was forked from) reads lower than a lone one, down to its anonymous part (nine tiny runtimes
+  side by side read 299-305 MiB). The constant, 345 MiB, is about the geometric mean of the lone
+  figure (398) and that floor (292), so the estimate is within 25% of either (-13%, +18%). A
+  pre-imported launcher whose children share its anonymous pages too lowers the PSS further:
+  re-calibrate then (``tests/test_memory_truth.py`` compares every type). GPU: the CUDA
+  context, not yet calibrated on a GPU (300-600 MiB for torch 2.x with lazy module loading).
 - ``weights``: tensor bytes from the headers (only the shards a ``*.safetensors.index.json``
   names, so a stray ``consolidated.safetensors`` is not counted twice). On CPU, 16-bit floating
   tensors count at float32: the CPU runtime loads float32 (``LoadOptions.torch_dtype``), so a
@@ -87,14 +92,14 @@ DEVICE_KINDS: tuple[DeviceKind, ...] = ("cpu", "cuda")
 
 # What a runtime process holds before its weights (see the module docstring for how measured).
 PROCESS_BASELINE_BYTES: dict[DeviceKind, int] = {
-    "cpu": 396 * MIB,  # cold `llmi runtime`: PSS 392-399 MiB with a tiny model
+    "cpu": 345 * MIB,  # `llmi runtime` with a tiny model: PSS 392-399 MiB alone, 292 of it private
     "cuda": 512 * MIB,  # the CUDA context; not yet calibrated on a GPU
 }
 RUNTIME_OVERHEAD_BYTES: dict[DeviceKind, dict[ModelType, int]] = {
     "cpu": {
         ModelType.CHAT: 0,
-        ModelType.EMBEDDING: 50 * MIB,  # sentence-transformers: PSS 445-446 MiB vs 396
-        ModelType.RERANKER: 50 * MIB,  # the rerank engines import sentence-transformers too
+        ModelType.EMBEDDING: 40 * MIB,  # sentence-transformers: 332 MiB anonymous vs 292
+        ModelType.RERANKER: 40 * MIB,  # the rerank engines import sentence-transformers too
         ModelType.VISION: 0,
         ModelType.MULTIMODAL: 0,
     },
