@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmi.catalog.scan import scan
 from llmi.settings import Settings
+from llmi_router.embedded.process import measure
 from tests.servers import RuntimeProcess
 from tests.tiny_models import TINY_TYPES
 
@@ -80,3 +81,12 @@ def test_a_cpu_runtime_refuses_to_park_and_keeps_serving(runtimes: Callable[[str
     answer = httpx.post(f"{rt.url}/v1/embeddings", json={"model": "tiny-bert-embed", "input": "hi"}, timeout=60)
     assert answer.status_code == 200
     assert httpx.get(f"{rt.url}/v1/health", timeout=30).json()["status"] == "ok"
+
+
+async def test_the_routers_measure_reads_the_runtimes_figure(runtimes: Callable[[str], RuntimeProcess]) -> None:
+    rt = runtimes("tiny-llama-chat")
+    async with httpx.AsyncClient() as client:
+        got = await measure(rt.url, client)
+    pss = proc_pss_bytes(rt.proc.pid)
+    assert got is not None
+    assert abs(got - pss) <= MEASURED_TOLERANCE * pss
