@@ -179,13 +179,12 @@ def model_rows(args: argparse.Namespace, settings: Settings) -> tuple[list[dict[
         kind, problems = (where.kind, []) if isinstance(where, Placement) else (None, [where.reason])
         device = "cpu" if kind == "cpu" else budget.device
         seen = store.get(entry.path, kind, device) if kind else None
-        overridden = entry.memory_bytes != entry.estimate.total_bytes
         rows.append(
             {
                 "name": entry.name,
                 "type": entry.type.value,
                 "path": str(entry.path),
-                "memory_bytes": entry.memory_bytes if overridden or seen is None else seen,
+                "memory_bytes": measured.counted_bytes(entry, seen),
                 "memory_estimated_bytes": entry.estimate.total_bytes,
                 "memory_measured_bytes": seen,
                 "placement": kind,

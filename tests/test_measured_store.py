@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from llmi.catalog import measured
-from llmi.catalog.measured import MAX_RECORDS, MeasuredStore, fingerprint, load, save, store_path
+from llmi.catalog.measured import MAX_RECORDS, MeasuredStore, counted_bytes, fingerprint, load, save, store_path
+from llmi.catalog.scan import scan
 from llmi.settings import Settings
 from tests.fake_models import small_chat_model, write_safetensors
 
@@ -164,3 +165,14 @@ def test_the_store_lives_in_the_state_dir_setting(tmp_path: Path, monkeypatch: p
     monkeypatch.delenv("LLM_STATE_DIR", raising=False)
     assert store_path(Settings(state_dir=tmp_path)) == tmp_path / "measured.json"
     assert store_path(Settings()) == Path.home() / ".cache" / "llmi" / measured.FILE_NAME
+
+
+def test_the_planner_counts_the_override_then_the_measurement_then_the_estimate(tmp_path: Path) -> None:
+    folder = small_chat_model(tmp_path / "models" / "m")
+    (entry,) = scan(tmp_path / "models", max_model_len=4096, device="cpu").entries
+    assert counted_bytes(entry, None) == entry.estimate.total_bytes
+    assert counted_bytes(entry, 123) == 123
+    (folder / "llmi.yaml").write_text("memory: 2GiB\n")
+    (overridden,) = scan(tmp_path / "models", max_model_len=4096, device="cpu").entries
+    assert overridden.memory_override == 2 * 1024 * MIB
+    assert counted_bytes(overridden, 123) == 2 * 1024 * MIB

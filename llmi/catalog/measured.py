@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from llmi.catalog.scan import ModelEntry
     from llmi.settings import Settings
 
 FILE_NAME = "measured.json"
@@ -65,6 +66,14 @@ def fingerprint(folder: Path) -> str:
     if not parts:
         return ""
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def counted_bytes(entry: ModelEntry, measured: int | None) -> int:
+    """What the planner counts for a model: the folder's ``memory`` override, else what was
+    measured for this placement and device, else the estimate."""
+    if entry.memory_override is not None:
+        return entry.memory_override
+    return measured if measured is not None else entry.estimate.total_bytes
 
 
 def _key(path: str, placement: str, device: str) -> str:

@@ -64,6 +64,7 @@ class ModelEntry:
     placement: PlacementOverride = "auto"
     pinned: bool = False
     idle_timeout_s: float | None = None
+    memory_override: int | None = None  # llmi.yaml's ``memory``: wins over estimate and measurement
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,9 @@ def describe(folder: Path, name: str, max_model_len: int, device: DeviceKind = "
     pinned = _pinned(overrides)
     idle = parse_duration(overrides["idle_timeout"]) if overrides.get("idle_timeout") is not None else None
     est = estimate(folder, model_type, max_model_len, device)
-    memory = parse_size(overrides["memory"]) if overrides.get("memory") is not None else est.total_bytes
-    return ModelEntry(name, model_type, folder, memory, est, engine, place, pinned, idle)
+    override = parse_size(overrides["memory"]) if overrides.get("memory") is not None else None
+    memory = est.total_bytes if override is None else override
+    return ModelEntry(name, model_type, folder, memory, est, engine, place, pinned, idle, override)
 
 
 def _name_hint(name: str, model_type: ModelType) -> ModelType:
