@@ -178,7 +178,7 @@ def model_rows(args: argparse.Namespace, settings: Settings) -> tuple[list[dict[
         where = placement(entry.memory_bytes, budget, entry.placement)
         kind, problems = (where.kind, []) if isinstance(where, Placement) else (None, [where.reason])
         device = "cpu" if kind == "cpu" else budget.device
-        seen = store.get(entry.path, kind, device) if kind else None
+        seen = store.get(entry.path, kind, device, known_fingerprint=entry.weights_fingerprint) if kind else None
         rows.append(
             {
                 "name": entry.name,

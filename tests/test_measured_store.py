@@ -176,3 +176,12 @@ def test_the_planner_counts_the_override_then_the_measurement_then_the_estimate(
     (overridden,) = scan(tmp_path / "models", max_model_len=4096, device="cpu").entries
     assert overridden.memory_override == 2 * 1024 * MIB
     assert counted_bytes(overridden, 123) == 2 * 1024 * MIB
+
+
+def test_scan_records_the_weights_fingerprint_for_lookups_without_io(tmp_path: Path) -> None:
+    folder = small_chat_model(tmp_path / "models" / "m")
+    (entry,) = scan(tmp_path / "models", max_model_len=4096, device="cpu").entries
+    assert entry.weights_fingerprint == fingerprint(folder) != ""
+    store = MeasuredStore().with_(folder, "cpu", "cpu", 5 * MIB, at=1.0)
+    assert store.get(entry.path, "cpu", "cpu", known_fingerprint=entry.weights_fingerprint) == 5 * MIB
+    assert store.get(entry.path, "cpu", "cpu", known_fingerprint="other weights") is None

@@ -27,6 +27,7 @@ from typing import Any, Literal, cast
 
 from llmi.catalog.classify import NotAModel, detect_type, read_overrides
 from llmi.catalog.estimate import Estimate, estimate
+from llmi.catalog.measured import fingerprint
 from llmi.modeltypes import ModelType
 from llmi.planner import DeviceKind, PlacementOverride
 
@@ -65,6 +66,7 @@ class ModelEntry:
     pinned: bool = False
     idle_timeout_s: float | None = None
     memory_override: int | None = None  # llmi.yaml's ``memory``: wins over estimate and measurement
+    weights_fingerprint: str = ""  # measured.fingerprint(path) at scan time: a store lookup without I/O
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,8 @@ def describe(folder: Path, name: str, max_model_len: int, device: DeviceKind = "
     est = estimate(folder, model_type, max_model_len, device)
     override = parse_size(overrides["memory"]) if overrides.get("memory") is not None else None
     memory = est.total_bytes if override is None else override
-    return ModelEntry(name, model_type, folder, memory, est, engine, place, pinned, idle, override)
+    weights = fingerprint(folder)
+    return ModelEntry(name, model_type, folder, memory, est, engine, place, pinned, idle, override, weights)
 
 
 def _name_hint(name: str, model_type: ModelType) -> ModelType:

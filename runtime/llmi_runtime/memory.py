@@ -146,15 +146,19 @@ class MemoryProbe:
             self._reserved_at_init = int(self._cuda.memory_reserved(self._index))
 
     def gpu(self) -> GpuReading | None:
+        """The device readings, or None on CPU or when the driver cannot answer (a health check must)."""
         if self.device != "cuda" or self._cuda is None:
             return None
-        return GpuReading(
-            reserved_bytes=int(self._cuda.memory_reserved(self._index)),
-            process_used_bytes=self._nvml(self._index, os.getpid()),
-            free_at_init=self._free_at_init,
-            free_now=int(self._cuda.mem_get_info(self._index)[0]) if self._free_at_init is not None else None,
-            reserved_at_init=self._reserved_at_init,
-        )
+        try:
+            return GpuReading(
+                reserved_bytes=int(self._cuda.memory_reserved(self._index)),
+                process_used_bytes=self._nvml(self._index, os.getpid()),
+                free_at_init=self._free_at_init,
+                free_now=int(self._cuda.mem_get_info(self._index)[0]) if self._free_at_init is not None else None,
+                reserved_at_init=self._reserved_at_init,
+            )
+        except RuntimeError:
+            return None
 
     def read(self) -> MemoryReport:
         return report(self._process(), self.gpu(), self.device)
