@@ -13,7 +13,10 @@ context and the caching allocator's slack are outside any tensor. So the runtime
   ``torch.cuda.mem_get_info`` readings just after CUDA init and after the load: the device
   memory the load took beyond what the allocator reserved (cuBLAS workspaces, lazily loaded
   kernels); the primary context made by the first reading itself is then not seen, so the
-  figure errs low by it (a few hundred MiB) and NVML should be installed where it matters.
+  figure errs low by it (a few hundred MiB), and another process loading on the same GPU at
+  the same time blurs the deltas. NVML (``nvidia-ml-py``) should be installed where it matters;
+  in a container whose PID namespace hides the host PIDs NVML cannot name this process and the
+  deltas are used.
 
 The arithmetic (``report``) is pure over injected readings; ``MemoryProbe`` takes the readings.
 """
@@ -23,9 +26,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-DeviceKind = Literal["cpu", "cuda"]
+from llmi.modeltypes import ModelType
+from llmi.planner import DeviceKind
+
+if TYPE_CHECKING:
+    from llmi_runtime.engines.base import LoadOptions
 
 
 @dataclass(frozen=True)
@@ -164,8 +172,8 @@ class MemoryProbe:
         return report(self._process(), self.gpu(), self.device)
 
 
-def probe_for(options: Any) -> MemoryProbe:
-    """The probe for a runtime loading with ``options`` (a ``LoadOptions``); touches no CUDA context."""
+def probe_for(options: LoadOptions) -> MemoryProbe:
+    """The probe for a runtime loading with ``options``; creates no CUDA context."""
     import torch
 
     device, _ = options.resolve()
@@ -174,7 +182,7 @@ def probe_for(options: Any) -> MemoryProbe:
     return MemoryProbe("cpu")
 
 
-def estimated_bytes(path: Any, model_type: Any, max_model_len: int, device: DeviceKind) -> int | None:
+def estimated_bytes(path: Path, model_type: ModelType, max_model_len: int, device: DeviceKind) -> int | None:
     """The catalog's estimate for this folder on this device, shown next to the measured figure."""
     from llmi.catalog.classify import NotAModel
     from llmi.catalog.estimate import estimate
