@@ -158,7 +158,12 @@ def human_bytes(n: int) -> str:
 
 
 def model_rows(args: argparse.Namespace, settings: Settings) -> tuple[list[dict[str, Any]], str]:
-    """One row per folder (usable or not) and a line describing the budget it was planned against."""
+    """One row per folder (usable or not) and a line describing the budget it was planned against.
+
+    ``memory_bytes`` is what the planner counts: a folder's ``memory`` override, else the figure a
+    runtime measured for this placement and device (remembered in LLM_STATE_DIR), else the estimate.
+    """
+    from llmi.catalog import measured
     from llmi.catalog.scan import scan
     from llmi.hardware import hf_cache_dir, machine_budget
     from llmi.planner import Placement, placement
@@ -166,17 +171,22 @@ def model_rows(args: argparse.Namespace, settings: Settings) -> tuple[list[dict[
     settings, budget = machine_budget(settings, args.gpu_memory_gb)
     hf_cache = hf_cache_dir(args.hf_cache)
     models_dir = args.models_dir or settings.models_dir
-    catalog = scan(models_dir, hf_cache=hf_cache, max_model_len=settings.vllm_max_model_len)
+    catalog = scan(models_dir, hf_cache=hf_cache, max_model_len=settings.vllm_max_model_len, device=budget.device)
+    store = measured.load(measured.store_path(settings))
     rows: list[dict[str, Any]] = []
     for entry in catalog.entries:
         where = placement(entry.memory_bytes, budget, entry.placement)
         kind, problems = (where.kind, []) if isinstance(where, Placement) else (None, [where.reason])
+        device = "cpu" if kind == "cpu" else budget.device
+        seen = store.get(entry.path, kind, device, known_fingerprint=entry.weights_fingerprint) if kind else None
         rows.append(
             {
                 "name": entry.name,
                 "type": entry.type.value,
                 "path": str(entry.path),
-                "memory_bytes": entry.memory_bytes,
+                "memory_bytes": measured.counted_bytes(entry, seen),
+                "memory_estimated_bytes": entry.estimate.total_bytes,
+                "memory_measured_bytes": seen,
                 "placement": kind,
                 "problems": problems,
             }
@@ -188,6 +198,8 @@ def model_rows(args: argparse.Namespace, settings: Settings) -> tuple[list[dict[
                 "type": None,
                 "path": str(problem.path),
                 "memory_bytes": None,
+                "memory_estimated_bytes": None,
+                "memory_measured_bytes": None,
                 "placement": None,
                 "problems": [problem.reason],
             }
@@ -204,14 +216,24 @@ def models_command(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(rows, indent=2))
         return status
     print(budget_line)
-    table = [("NAME", "TYPE", "MEMORY", "PLACEMENT", "PATH")]
+    table = [("NAME", "TYPE", "MEMORY", "ESTIMATED", "MEASURED", "PLACEMENT", "PATH")]
     for row in rows:
         if row["type"] is not None:
-            memory = human_bytes(row["memory_bytes"])
-            table.append((row["name"], row["type"], memory, row["placement"] or "refused", row["path"]))
-    widths = [max(len(r[i]) for r in table) for i in range(4)]
+            seen = row["memory_measured_bytes"]
+            table.append(
+                (
+                    row["name"],
+                    row["type"],
+                    human_bytes(row["memory_bytes"]),
+                    human_bytes(row["memory_estimated_bytes"]),
+                    "-" if seen is None else human_bytes(seen),
+                    row["placement"] or "refused",
+                    row["path"],
+                )
+            )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
     for r in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=False)) + "  " + r[4])
+        print("  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=False)) + "  " + r[-1])
     problems = [(row, reason) for row in rows for reason in row["problems"]]
     if problems:
         print("\nproblems:")

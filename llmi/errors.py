@@ -45,6 +45,14 @@ class ModelNotFound(NotFound):
         super().__init__(f"The model '{model}' does not exist.", param="model")
 
 
+class Conflict(LlmiError):
+    """The request contradicts what the resource is doing (parking a model that runs on the CPU)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class PayloadTooLarge(LlmiError):
     status = 413
     type = "invalid_request_error"

@@ -29,6 +29,7 @@ DEFAULT_CPU_BUDGET_FRACTION = 0.5
 
 PlacementKind = Literal["gpu", "offload", "cpu"]
 PlacementOverride = Literal["auto", "gpu", "offload", "cpu"]
+DeviceKind = Literal["cpu", "cuda"]  # which memory a budget counts: host memory or GPU memory
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class Budget:
     offload_enabled: bool
     offload_threshold_bytes: int
     cache_size_per_type: int
+
+    @property
+    def device(self) -> DeviceKind:
+        """The device kind estimates for this budget are made for."""
+        return "cuda" if self.gpu else "cpu"
 
 
 def budget_from_settings(settings: Settings, gpu_memory_bytes: int | None, host_memory_bytes: int) -> Budget:

@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="Address the server listens on.")
     port: int = Field(15530, ge=0, le=65535, description="Port the server listens on.")
     log_level: str = Field("INFO", description="Python logging level name.")
+    state_dir: Path | None = Field(
+        None,
+        description="Folder for what llmi remembers across restarts (measured memory); default ~/.cache/llmi.",
+    )
 
     # GPU budget (kept from the original tool).
     gpu_memory_utilization: float = Field(

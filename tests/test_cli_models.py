@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from llmi import cli
+from llmi.catalog import measured
+from llmi.catalog.estimate import PROCESS_BASELINE_BYTES
 from llmi.hardware import gpu_memory_bytes, host_memory_bytes
 from tests.fake_models import small_chat_model
 from tests.servers import free_port, runtime_env
@@ -19,7 +21,16 @@ from tests.servers import free_port, runtime_env
 GIB = 1024**3
 MIB = 1024**2
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = {"name", "type", "path", "memory_bytes", "placement", "problems"}
+KEYS = {
+    "name",
+    "type",
+    "path",
+    "memory_bytes",
+    "memory_estimated_bytes",
+    "memory_measured_bytes",
+    "placement",
+    "problems",
+}
 
 
 def fake_nvidia_smi(folder: Path, script: str) -> Path:
@@ -70,12 +81,16 @@ def test_json_lists_models_and_problems_with_exactly_the_documented_keys(models:
     assert small["placement"] == "cpu"
     assert small["problems"] == []
     assert small["path"] == str(models / "small-chat")
-    assert small["memory_bytes"] > 512 * MIB
+    # Nothing measured yet: the planner counts the estimate, which includes the process baseline.
+    assert small["memory_bytes"] == small["memory_estimated_bytes"] > PROCESS_BASELINE_BYTES["cpu"]
+    assert small["memory_measured_bytes"] is None
     assert by_name["no-config"] == {
         "name": "no-config",
         "type": None,
         "path": str(models / "no-config"),
         "memory_bytes": None,
+        "memory_estimated_bytes": None,
+        "memory_measured_bytes": None,
         "placement": None,
         "problems": ["no config.json"],
     }
@@ -86,14 +101,40 @@ def test_table_shows_models_budget_and_problems(models: Path, no_gpu: Path) -> N
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "budget: 3.0 GiB of host memory"
-    assert lines[1].split() == ["NAME", "TYPE", "MEMORY", "PLACEMENT", "PATH"]
+    assert lines[1].split() == ["NAME", "TYPE", "MEMORY", "ESTIMATED", "MEASURED", "PLACEMENT", "PATH"]
     row = next(line for line in lines if line.startswith("small-chat "))
     assert row.split()[1] == "chat"
     assert row.split()[2].isdigit()
     assert row.split()[3] == "MiB"
+    assert row.split()[2:4] == row.split()[4:6]  # memory is the estimate while nothing is measured
+    assert row.split()[6] == "-"
     assert row.split()[-2:] == ["cpu", str(models / "small-chat")]
     assert "problems:" in lines
     assert f"  no-config ({models / 'no-config'}): no config.json" in lines
+
+
+def test_measured_memory_from_the_state_dir_is_shown_beside_the_estimate(
+    models: Path, no_gpu: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    store = measured.MeasuredStore().with_(models / "small-chat", "cpu", "cpu", 700 * MIB, at=1.0)
+    measured.save(store, state / measured.FILE_NAME)
+    args = ("models", "--models-dir", str(models))
+    rows = json.loads(run_llmi(*args, "--json", bin_dir=no_gpu, LLM_STATE_DIR=str(state)).stdout)
+    small = next(row for row in rows if row["name"] == "small-chat")
+    assert small["memory_measured_bytes"] == small["memory_bytes"] == 700 * MIB
+    assert small["memory_estimated_bytes"] < 700 * MIB
+    nested = next(row for row in rows if row["name"] == "org/nested-chat")
+    assert nested["memory_measured_bytes"] is None
+    table = run_llmi(*args, bin_dir=no_gpu, LLM_STATE_DIR=str(state)).stdout.splitlines()
+    row = next(line for line in table if line.startswith("small-chat ")).split()
+    assert row[2:4] == ["700", "MiB"]
+    assert row[6:8] == ["700", "MiB"]
+    # New weights in the folder are a new model: the old measurement no longer applies.
+    small_chat_model(models / "small-chat", hidden=96)
+    rows = json.loads(run_llmi(*args, "--json", bin_dir=no_gpu, LLM_STATE_DIR=str(state)).stdout)
+    small = next(row for row in rows if row["name"] == "small-chat")
+    assert small["memory_measured_bytes"] is None
 
 
 def test_gpu_memory_gb_plans_as_if_a_gpu_existed(models: Path, no_gpu: Path) -> None:

@@ -16,6 +16,8 @@ from llmi.catalog.classify import NotAModel
 from llmi.catalog.estimate import (
     ACTIVATION_FRACTION,
     BNB_4BIT_BYTES_PER_PARAM,
+    DEVICE_KINDS,
+    PROCESS_BASELINE_BYTES,
     RUNTIME_OVERHEAD_BYTES,
     estimate,
     kv_cache_bytes,
@@ -78,13 +80,38 @@ def test_7b_estimate_follows_the_documented_formula(qwen7b: Path) -> None:
     # 2 (K, V) x 28 layers x 4 KV heads x 128 head dim x min(32768, 16384) tokens x 2 bytes (bf16)
     assert est.kv_cache_bytes == 2 * 28 * 4 * 128 * 16384 * 2 == 896 * MIB
     assert est.weights_bytes == QWEN25_7B_BYTES
-    assert est.overhead_bytes == 512 * MIB + math.ceil(QWEN25_7B_BYTES * 0.10)
-    assert est.total_bytes == est.weights_bytes + est.overhead_bytes + est.kv_cache_bytes
+    assert est.overhead_bytes == 128 * MIB + math.ceil(QWEN25_7B_BYTES * 0.10)
+    assert est.baseline_bytes == PROCESS_BASELINE_BYTES["cuda"] == 512 * MIB
+    assert est.total_bytes == est.baseline_bytes + est.weights_bytes + est.overhead_bytes + est.kv_cache_bytes
+
+
+def test_on_cpu_16_bit_weights_count_at_float32(qwen7b: Path) -> None:
+    est = estimate(qwen7b, ModelType.CHAT, max_model_len=16384, device="cpu")
+    assert est.device == "cpu"
+    assert est.weights_bytes == 2 * QWEN25_7B_BYTES
+    assert est.overhead_bytes == RUNTIME_OVERHEAD_BYTES["cpu"][ModelType.CHAT] + math.ceil(2 * QWEN25_7B_BYTES * 0.10)
+    assert est.baseline_bytes == PROCESS_BASELINE_BYTES["cpu"]
+    assert est.total_bytes == est.baseline_bytes + est.weights_bytes + est.overhead_bytes + est.kv_cache_bytes
+    assert est.total_bytes > estimate(qwen7b, ModelType.CHAT, max_model_len=16384, device="cuda").total_bytes
+
+
+def test_cpu_upcast_leaves_float32_integer_and_bitsandbytes_weights_alone(tmp_path: Path) -> None:
+    folder = small_chat_model(tmp_path / "mixed")
+    write_safetensors(
+        folder / "model.safetensors",
+        {"q": ("I32", [64, 32]), "scales": ("F16", [8, 256]), "norm": ("F32", [100]), "e": ("BF16", [10, 10])},
+    )
+    cpu = estimate(folder, ModelType.CHAT, 128, device="cpu").weights_bytes
+    assert cpu == 64 * 32 * 4 + 2 * (8 * 256 * 2) + 400 + 2 * (10 * 10 * 2)
+    bnb = small_chat_model(tmp_path / "bnb", quantization_config=BNB_4BIT)
+    assert estimate(bnb, ModelType.CHAT, 128, device="cpu").weights_bytes == (
+        estimate(bnb, ModelType.CHAT, 128, device="cuda").weights_bytes
+    )
 
 
 def test_cli_plans_a_7b_model_as_offload_on_an_8gb_gpu(qwen7b: Path) -> None:
     (row,) = models_json("--gpu-memory-gb", "8", "--models-dir", str(qwen7b.parent))
-    expected = QWEN25_7B_BYTES * 1.10 + 512 * MIB + 896 * MIB
+    expected = QWEN25_7B_BYTES * 1.10 + 512 * MIB + 128 * MIB + 896 * MIB
     assert row["name"] == "Qwen2.5-7B-Instruct"
     assert row["type"] == "chat"
     assert row["placement"] == "offload"
@@ -114,13 +141,19 @@ def test_chat_without_attention_fields_reserves_a_fraction_of_weights(tmp_path: 
     assert est.kv_cache_bytes == math.ceil(est.weights_bytes * 0.20)
 
 
+@pytest.mark.parametrize("device", DEVICE_KINDS)
 @pytest.mark.parametrize("model_type", [t for t in ModelType if t is not ModelType.CHAT])
-def test_encoders_get_the_smaller_overhead_and_no_kv_cache(tmp_path: Path, model_type: ModelType) -> None:
+def test_encoders_get_no_kv_cache_and_their_documented_overhead(
+    tmp_path: Path, model_type: ModelType, device: str
+) -> None:
     folder = small_chat_model(tmp_path / "m")
-    est = estimate(folder, model_type, 4096)
+    est = estimate(folder, model_type, 4096, device)  # type: ignore[arg-type]
     assert est.kv_cache_bytes == 0
-    assert RUNTIME_OVERHEAD_BYTES[model_type] == 256 * MIB
-    assert est.overhead_bytes == 256 * MIB + math.ceil(est.weights_bytes * ACTIVATION_FRACTION)
+    extra = RUNTIME_OVERHEAD_BYTES[device][model_type]  # type: ignore[index]
+    # On CPU the sentence-transformers engines carry that library's pages (calibrated: +40 MiB).
+    assert extra == (40 * MIB if device == "cpu" and model_type in {ModelType.EMBEDDING, ModelType.RERANKER} else 0)
+    assert est.overhead_bytes == extra + math.ceil(est.weights_bytes * ACTIVATION_FRACTION)
+    assert est.total_bytes == PROCESS_BASELINE_BYTES[device] + est.weights_bytes + est.overhead_bytes  # type: ignore[index]
 
 
 def test_bitsandbytes_4bit_over_bf16_weights_is_scaled(tmp_path: Path) -> None:

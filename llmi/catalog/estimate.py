@@ -4,27 +4,45 @@ Why headers: a safetensors file starts with an 8-byte little-endian length and a
 header naming every tensor's dtype, shape and byte range, so parameter bytes are exact
 and cost one small read per shard, even for a 70B model on a slow disk.
 
-The estimate is ``weights + overhead + kv_cache``:
+The estimate depends on the device kind the budget counts (``cpu``: host memory, ``cuda``:
+GPU memory) and is ``baseline + weights + overhead + kv_cache``:
 
+- ``baseline``: what a runtime process holds before any weight, ``PROCESS_BASELINE_BYTES``.
+  CPU: the interpreter, torch, transformers and the web stack. Calibrated on 2026-12-01 from
+  ``/proc/PID/smaps_rollup`` of a cold ``llmi runtime`` serving each tiny test model (weights
+  under 0.5 MiB; torch 2.13, transformers 5, x86-64): PSS 392-399 MiB for chat, vision and
+  multimodal, of which 292 MiB anonymous (private) and 100-106 MiB library file pages; 445-446
+  MiB (332 anonymous) for embedding and reranker, which import sentence-transformers too (the
+  40 MiB ``RUNTIME_OVERHEAD_BYTES`` of those types). PSS splits file pages among the processes
+  that map them, so a runtime beside others (other runtimes, other torch processes, a launcher
+  it was forked from) reads lower than a lone one, down to its anonymous part (nine tiny runtimes
+  side by side read 299-305 MiB). The constant, 345 MiB, is about the geometric mean of the lone
+  figure (398) and that floor (292), so the estimate is within 25% of either (-13%, +18%). A
+  pre-imported launcher whose children share its anonymous pages too lowers the PSS further:
+  re-calibrate then (``tests/test_memory_truth.py`` compares every type). GPU: the CUDA
+  context, not yet calibrated on a GPU (300-600 MiB for torch 2.x with lazy module loading).
 - ``weights``: tensor bytes from the headers (only the shards a ``*.safetensors.index.json``
-  names, so a stray ``consolidated.safetensors`` is not counted twice). AWQ/GPTQ/FP8
-  checkpoints store packed weights, so their header bytes are already exact. A bitsandbytes
-  ``quantization_config`` (``load_in_4bit``/``load_in_8bit``) over 16/32-bit weights on disk
-  quantizes while loading: each floating parameter then costs ``BNB_4BIT_BYTES_PER_PARAM``
-  (0.5 byte + ~20% for block scales and the layers bitsandbytes keeps in 16-bit: embeddings,
-  norms, lm_head) or ``BNB_8BIT_BYTES_PER_PARAM`` (1 byte + ~10%). Checkpoints saved already
-  quantized (integer tensors on disk) are taken as they are. Without safetensors, the sizes
-  of ``pytorch_model*.bin``/``*.pt``/``*.pth`` files stand in (pickles hold little else).
-- ``overhead``: a fixed ``RUNTIME_OVERHEAD_BYTES`` per type (chat 512 MiB for the CUDA
-  context, allocator slack and sampling buffers; 256 MiB for encoders, whose batches are
-  short) plus ``ACTIVATION_FRACTION`` (10%) of the weights for activations, which grow with
-  hidden size and hence roughly with the weights.
+  names, so a stray ``consolidated.safetensors`` is not counted twice). On CPU, 16-bit floating
+  tensors count at float32: the CPU runtime loads float32 (``LoadOptions.torch_dtype``), so a
+  bf16 checkpoint doubles. AWQ/GPTQ/FP8 checkpoints store packed weights, so their header bytes
+  are already exact. A bitsandbytes ``quantization_config`` (``load_in_4bit``/``load_in_8bit``)
+  over 16/32-bit weights on disk quantizes while loading: each floating parameter then costs
+  ``BNB_4BIT_BYTES_PER_PARAM`` (0.5 byte + ~20% for block scales and the layers bitsandbytes
+  keeps in 16-bit: embeddings, norms, lm_head) or ``BNB_8BIT_BYTES_PER_PARAM`` (1 byte + ~10%).
+  Checkpoints saved already quantized (integer tensors on disk) are taken as they are. Without
+  safetensors, the sizes of ``pytorch_model*.bin``/``*.pt``/``*.pth`` files stand in.
+- ``overhead``: ``RUNTIME_OVERHEAD_BYTES`` per device kind and type (the libraries an engine
+  adds on CPU; sampling buffers and allocator slack for chat on a GPU) plus
+  ``ACTIVATION_FRACTION`` (10%) of the weights for activations, which grow with hidden size and
+  hence roughly with the weights.
 - ``kv_cache`` (chat only): ``2 (K and V) x layers x kv_heads x head_dim x max_model_len x
   bytes per element`` with ``max_model_len = min(max_position_embeddings, LLM_VLLM_MAX_MODEL_LEN)``,
   ``head_dim = head_dim or hidden_size // num_attention_heads`` and 2 bytes per element for
-  16-bit configs (4 for float32). Nested ``text_config`` (LLaVA/Gemma 3/Mistral 3 style) is
-  read when the top level lacks the fields. Without the fields, ``KV_FALLBACK_FRACTION`` of the
-  weights is reserved instead. Sliding windows and MLA are ignored: the estimate errs high.
+  16-bit configs (4 for float32). It is a reserve for one full-length sequence: the runtime's
+  cache grows with use and is not resident after the load. Nested ``text_config``
+  (LLaVA/Gemma 3/Mistral 3 style) is read when the top level lacks the fields. Without the
+  fields, ``KV_FALLBACK_FRACTION`` of the weights is reserved instead. Sliding windows and MLA
+  are ignored: the estimate errs high.
 """
 
 from __future__ import annotations
@@ -38,6 +56,7 @@ from typing import Any
 
 from llmi.catalog.classify import NotAModel, read_json
 from llmi.modeltypes import ModelType
+from llmi.planner import DeviceKind
 
 MIB = 1024 * 1024
 MAX_HEADER_BYTES = 100_000_000  # the limit the safetensors library itself enforces
@@ -66,14 +85,31 @@ DTYPE_BITS: dict[str, int] = {
     "F64": 64,
 }
 FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+HALF_DTYPES = ("F16", "BF16")  # loaded as float32 on CPU
 INTEGER_DTYPES = {"U8", "I8", "I16", "U16", "I32", "U32"}
 
-RUNTIME_OVERHEAD_BYTES: dict[ModelType, int] = {
-    ModelType.CHAT: 512 * MIB,
-    ModelType.EMBEDDING: 256 * MIB,
-    ModelType.RERANKER: 256 * MIB,
-    ModelType.VISION: 256 * MIB,
-    ModelType.MULTIMODAL: 256 * MIB,
+DEVICE_KINDS: tuple[DeviceKind, ...] = ("cpu", "cuda")
+
+# What a runtime process holds before its weights (see the module docstring for how measured).
+PROCESS_BASELINE_BYTES: dict[DeviceKind, int] = {
+    "cpu": 345 * MIB,  # `llmi runtime` with a tiny model: PSS 392-399 MiB alone, 292 of it private
+    "cuda": 512 * MIB,  # the CUDA context; not yet calibrated on a GPU
+}
+RUNTIME_OVERHEAD_BYTES: dict[DeviceKind, dict[ModelType, int]] = {
+    "cpu": {
+        ModelType.CHAT: 0,
+        ModelType.EMBEDDING: 40 * MIB,  # sentence-transformers: 332 MiB anonymous vs 292
+        ModelType.RERANKER: 40 * MIB,  # the rerank engines import sentence-transformers too
+        ModelType.VISION: 0,
+        ModelType.MULTIMODAL: 0,
+    },
+    "cuda": {
+        ModelType.CHAT: 128 * MIB,  # sampling buffers over the vocabulary, allocator slack
+        ModelType.EMBEDDING: 0,
+        ModelType.RERANKER: 0,
+        ModelType.VISION: 0,
+        ModelType.MULTIMODAL: 0,
+    },
 }
 ACTIVATION_FRACTION = 0.10
 KV_FALLBACK_FRACTION = 0.20
@@ -84,10 +120,14 @@ PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth")
 
 @dataclass(frozen=True)
 class Estimate:
+    """The estimate for one device kind; ``total_bytes`` is what the planner counts."""
+
     weights_bytes: int
     overhead_bytes: int
     kv_cache_bytes: int
     total_bytes: int
+    baseline_bytes: int = 0
+    device: DeviceKind = "cuda"
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
@@ -211,20 +251,30 @@ def safetensors_bytes(folder: Path) -> tuple[int, dict[str, int]]:
 def quantized_weight_bytes(per_dtype: dict[str, int], config: dict[str, Any]) -> int:
     """Weight bytes once loaded: bitsandbytes quantizes floating weights at load time."""
     total = sum(per_dtype.values())
-    quant = config.get("quantization_config")
-    if not isinstance(quant, dict):
-        return total
-    if quant.get("load_in_4bit") or quant.get("_load_in_4bit"):
-        per_param = BNB_4BIT_BYTES_PER_PARAM
-    elif quant.get("load_in_8bit") or quant.get("_load_in_8bit"):
-        per_param = BNB_8BIT_BYTES_PER_PARAM
-    else:
-        return total  # AWQ, GPTQ, FP8, compressed-tensors: packed on disk already
-    if any(per_dtype.get(d) for d in INTEGER_DTYPES):
-        return total  # saved after quantization: the header bytes are what loads
+    quant = _bnb_bytes_per_param(config)
+    if quant is None or any(per_dtype.get(d) for d in INTEGER_DTYPES):
+        return total  # not bitsandbytes, or saved after quantization: the header bytes are what loads
     floats = sum(per_dtype.get(d, 0) for d in FLOAT_DTYPES)
     params = sum(per_dtype.get(d, 0) // size for d, size in FLOAT_DTYPES.items())
-    return total - floats + math.ceil(params * per_param)
+    return total - floats + math.ceil(params * quant)
+
+
+def _bnb_bytes_per_param(config: dict[str, Any]) -> float | None:
+    quant = config.get("quantization_config")
+    if not isinstance(quant, dict):
+        return None
+    if quant.get("load_in_4bit") or quant.get("_load_in_4bit"):
+        return BNB_4BIT_BYTES_PER_PARAM
+    if quant.get("load_in_8bit") or quant.get("_load_in_8bit"):
+        return BNB_8BIT_BYTES_PER_PARAM
+    return None  # AWQ, GPTQ, FP8, compressed-tensors: packed on disk already
+
+
+def loaded_weight_bytes(per_dtype: dict[str, int], config: dict[str, Any], device: DeviceKind) -> int:
+    """Weight bytes once loaded on ``device``: on CPU, 16-bit floats become float32."""
+    if device == "cpu" and _bnb_bytes_per_param(config) is None:
+        return sum(per_dtype.values()) + sum(per_dtype.get(d, 0) for d in HALF_DTYPES)
+    return quantized_weight_bytes(per_dtype, config)
 
 
 def _text_field(config: dict[str, Any], *keys: str) -> Any:
@@ -261,15 +311,16 @@ def kv_cache_bytes(config: dict[str, Any], max_model_len: int) -> int | None:
     return 2 * layers * kv_heads * head_dim * length * kv_bytes_per_element(config)
 
 
-def estimate(folder: Path, model_type: ModelType, max_model_len: int) -> Estimate:
-    """The memory ``folder`` needs once loaded as ``model_type``; raises NotAModel when unreadable."""
+def estimate(folder: Path, model_type: ModelType, max_model_len: int, device: DeviceKind = "cuda") -> Estimate:
+    """The memory ``folder`` needs once loaded as ``model_type`` on ``device``; raises NotAModel when unreadable."""
     config_path = folder / "config.json"
     config = read_json(config_path) if config_path.is_file() else {}
     _, per_dtype = safetensors_bytes(folder)
-    weights = quantized_weight_bytes(per_dtype, config)
-    overhead = RUNTIME_OVERHEAD_BYTES[model_type] + math.ceil(weights * ACTIVATION_FRACTION)
+    weights = loaded_weight_bytes(per_dtype, config, device)
+    overhead = RUNTIME_OVERHEAD_BYTES[device][model_type] + math.ceil(weights * ACTIVATION_FRACTION)
     kv = 0
     if model_type is ModelType.CHAT:
         exact = kv_cache_bytes(config, max_model_len)
         kv = exact if exact is not None else math.ceil(weights * KV_FALLBACK_FRACTION)
-    return Estimate(weights, overhead, kv, weights + overhead + kv)
+    baseline = PROCESS_BASELINE_BYTES[device]
+    return Estimate(weights, overhead, kv, baseline + weights + overhead + kv, baseline, device)

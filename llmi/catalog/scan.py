@@ -27,8 +27,9 @@ from typing import Any, Literal, cast
 
 from llmi.catalog.classify import NotAModel, detect_type, read_overrides
 from llmi.catalog.estimate import Estimate, estimate
+from llmi.catalog.measured import fingerprint
 from llmi.modeltypes import ModelType
-from llmi.planner import PlacementOverride
+from llmi.planner import DeviceKind, PlacementOverride
 
 Engine = Literal["auto", "transformers", "vllm"]
 ENGINES: tuple[Engine, ...] = ("auto", "transformers", "vllm")
@@ -58,13 +59,14 @@ class ModelEntry:
     name: str
     type: ModelType
     path: Path
-    memory_bytes: int
+    memory_bytes: int  # for the budget's device kind: the override, else the estimate
     estimate: Estimate
     engine: Engine = "auto"
     placement: PlacementOverride = "auto"
     pinned: bool = False
     idle_timeout_s: float | None = None
-    memory_override: bool = False  # llmi.yaml set ``memory``: the planner keeps it over any measurement
+    memory_override: int | None = None  # llmi.yaml's ``memory``: wins over estimate and measurement
+    weights_fingerprint: str = ""  # measured.fingerprint(path) at scan time: a store lookup without I/O
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,8 @@ def _pinned(overrides: dict[str, Any]) -> bool:
     return values.pop() if values else False
 
 
-def describe(folder: Path, name: str, max_model_len: int) -> ModelEntry:
-    """The entry for one model folder; raises NotAModel (or ValueError for llmi.yaml) with the reason."""
+def describe(folder: Path, name: str, max_model_len: int, device: DeviceKind = "cuda") -> ModelEntry:
+    """The entry for one model folder, estimated for ``device``; raises NotAModel (or ValueError) with the reason."""
     overrides = read_overrides(folder)
     model_type = detect_type(folder)
     if "type" not in overrides and model_type is ModelType.CHAT:
@@ -142,10 +144,11 @@ def describe(folder: Path, name: str, max_model_len: int) -> ModelEntry:
     place = cast(PlacementOverride, _choice(overrides, "placement", PLACEMENTS))
     pinned = _pinned(overrides)
     idle = parse_duration(overrides["idle_timeout"]) if overrides.get("idle_timeout") is not None else None
-    est = estimate(folder, model_type, max_model_len)
-    memory = parse_size(overrides["memory"]) if overrides.get("memory") is not None else est.total_bytes
-    overridden = overrides.get("memory") is not None
-    return ModelEntry(name, model_type, folder, memory, est, engine, place, pinned, idle, overridden)
+    est = estimate(folder, model_type, max_model_len, device)
+    override = parse_size(overrides["memory"]) if overrides.get("memory") is not None else None
+    memory = est.total_bytes if override is None else override
+    weights = fingerprint(folder)
+    return ModelEntry(name, model_type, folder, memory, est, engine, place, pinned, idle, override, weights)
 
 
 def _name_hint(name: str, model_type: ModelType) -> ModelType:
@@ -204,8 +207,11 @@ def cache_candidates(hf_cache: Path) -> tuple[list[tuple[str, Path]], list[Probl
     return found, problems
 
 
-def scan(models_dir: Path, *, hf_cache: Path | None = None, max_model_len: int) -> Catalog:
-    """Every usable model under models_dir (then hf_cache), and every folder that is not, with why."""
+def scan(models_dir: Path, *, hf_cache: Path | None = None, max_model_len: int, device: DeviceKind = "cuda") -> Catalog:
+    """Every usable model under models_dir (then hf_cache), and every folder that is not, with why.
+
+    ``device`` is the budget's kind (``Budget.device``): memory estimates are made for it.
+    """
     found = candidates(models_dir)
     problems = [Problem(d, "not a directory", "") for d in (models_dir, hf_cache) if d and not d.is_dir()]
     if hf_cache is not None:
@@ -215,7 +221,7 @@ def scan(models_dir: Path, *, hf_cache: Path | None = None, max_model_len: int) 
     entries: dict[str, ModelEntry] = {}
     for name, folder in found:
         try:
-            entry = describe(folder, name, max_model_len)
+            entry = describe(folder, name, max_model_len, device)
         except (NotAModel, ValueError, OSError, RecursionError) as exc:
             problems.append(Problem(folder, str(exc) or type(exc).__name__, name))
             continue

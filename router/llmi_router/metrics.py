@@ -38,3 +38,12 @@ class RouterMetrics:
         self.state = Gauge("llmi_model_state", "1 for the state each model is in.", ["model", "state"], registry=r)
         self.planned_bytes = Gauge("llmi_memory_planned_bytes", "Memory held by loaded and loading models.", registry=r)
         self.budget_bytes = Gauge("llmi_memory_budget_bytes", "The memory budget models are planned into.", registry=r)
+        self.memory_estimated = Gauge(
+            "llmi_model_memory_estimated_bytes", "The catalog's estimate of a model's memory.", ["model"], registry=r
+        )
+        self.memory_measured = Gauge(
+            "llmi_model_memory_measured_bytes",
+            "What a model's runtime reported holding after its load (PSS on CPU, allocator plus context on a GPU).",
+            ["model"],
+            registry=r,
+        )

@@ -12,10 +12,11 @@ from fastapi import FastAPI
 from llmi import __version__
 from llmi.modeltypes import ENDPOINTS
 from llmi.web import ASGIApp, BodyLimitMiddleware, Message, Receive, Scope, Send, install_error_handlers
-from llmi_runtime.api import embeddings, meta, rerank, text, vision
+from llmi_runtime.api import admin, embeddings, meta, rerank, text, vision
+from llmi_runtime.parking import Parker
 from llmi_runtime.state import RuntimeState
 
-QUIET = {"/healthz", "/readyz", "/metrics", "/v1/health"}
+QUIET = {"/healthz", "/readyz", "/metrics", "/v1/health", "/admin/park", "/admin/wake"}
 API_PATHS = {path for paths in ENDPOINTS.values() for path in paths} | {"/v1/models"}
 
 
@@ -68,7 +69,8 @@ def build_app(state: RuntimeState, on_load_failure: Callable[[], None] | None = 
 
     app = FastAPI(title="llmi runtime", version=__version__, lifespan=lifespan)
     app.state.runtime = state
-    for module in (text, embeddings, rerank, vision, meta):
+    app.state.parker = Parker(state)
+    for module in (text, embeddings, rerank, vision, meta, admin):
         app.include_router(module.router)
     install_error_handlers(app)
 

@@ -53,8 +53,21 @@ class _StateCollector(Collector):
             yield GaugeMetricFamily(
                 "llmi_runtime_load_seconds", "Time the model took to load.", value=self.state.load_seconds
             )
+        estimated = GaugeMetricFamily(
+            "llmi_model_memory_estimated_bytes", "The catalog's estimate before loading.", labels=["model"]
+        )
+        if self.state.estimated_bytes is not None:
+            estimated.add_metric([self.state.name], float(self.state.estimated_bytes))
+        yield estimated
         if self.state.engine is not None:
             info = self.state.engine.info()
             yield GaugeMetricFamily(
-                "llmi_runtime_memory_bytes", "Memory the model uses.", value=float(info["memory_bytes"])
+                "llmi_runtime_memory_bytes", "Memory the model's tensors use.", value=float(info["memory_bytes"])
             )
+            measured = GaugeMetricFamily(
+                "llmi_model_memory_measured_bytes",
+                "What the runtime holds against its budget: PSS on CPU, allocator plus context on a GPU.",
+                labels=["model"],
+            )
+            measured.add_metric([self.state.name], float(self.state.probe.read().measured_bytes))
+            yield measured

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -15,6 +16,7 @@ from llmi.modeltypes import ENDPOINTS, ModelType
 from llmi.settings import Settings
 from llmi_runtime.engines import load_engine
 from llmi_runtime.engines.base import LoadOptions
+from llmi_runtime.memory import MemoryProbe, estimated_bytes, probe_for
 from llmi_runtime.metrics import RuntimeMetrics
 from llmi_runtime.worker import ModelWorker
 
@@ -24,6 +26,7 @@ log = logging.getLogger("llmi.runtime")
 class Phase(StrEnum):
     LOADING = "loading"
     READY = "ready"
+    PARKED = "parked"  # weights in host memory (GPU only); POST /admin/wake brings them back
     FAILED = "failed"
 
 
@@ -36,6 +39,8 @@ class RuntimeState:
     settings: Settings
     worker: ModelWorker = field(init=False)
     metrics: RuntimeMetrics = field(init=False)
+    probe: MemoryProbe = field(init=False)
+    estimated_bytes: int | None = field(init=False)
     phase: Phase = Phase.LOADING
     engine: Any = None
     error: str | None = None
@@ -46,15 +51,22 @@ class RuntimeState:
     def __post_init__(self) -> None:
         self.worker = ModelWorker(max_streams=self.settings.max_concurrent_sequences)
         self.metrics = RuntimeMetrics(self)
+        self.probe = probe_for(self.options)
+        self.estimated_bytes = estimated_bytes(
+            self.path, self.model_type, self.settings.vllm_max_model_len, self.probe.device
+        )
 
     async def load(self) -> None:
         """Load on the worker thread, which then owns the model."""
         log.info("loading %s (%s) from %s", self.name, self.model_type, self.path)
         t0 = time.monotonic()
+
+        def load_on_worker() -> Any:
+            self.probe.mark_init()  # the device's free memory before the weights arrive
+            return load_engine(self.model_type, self.path, self.options, self.settings.vllm_max_model_len)
+
         try:
-            self.engine = await self.worker.run(
-                lambda: load_engine(self.model_type, self.path, self.options, self.settings.vllm_max_model_len)
-            )
+            self.engine = await self.worker.run(load_on_worker)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -86,6 +98,10 @@ class RuntimeState:
             )
         if self.phase is Phase.LOADING:
             raise Unavailable(f"Model '{model}' is still loading.", retry_after=2)
+        if self.phase is Phase.PARKED:
+            raise Unavailable(
+                f"Model '{model}' is parked in host memory; wake it first.", retry_after=1, code="model_parked"
+            )
         if self.phase is Phase.FAILED:
             raise Unavailable(f"Model '{model}' failed to load.", retry_after=30, code="model_failed")
         return self.engine
@@ -97,6 +113,8 @@ class RuntimeState:
             "type": self.model_type.value,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
+            "pid": os.getpid(),
+            "memory": self.probe.read().as_json(),
         }
         if self.engine is not None:
             body.update(self.engine.info())

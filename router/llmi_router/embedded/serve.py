@@ -9,7 +9,9 @@ import logging
 from pathlib import Path
 
 from llmi import hardware
+from llmi.catalog.measured import store_path
 from llmi.catalog.scan import Catalog, scan
+from llmi.planner import Budget
 from llmi.settings import Settings
 from llmi_router.app import build_router_app, serve_app
 from llmi_router.embedded.supervisor import Supervisor
@@ -19,8 +21,8 @@ from llmi_router.metrics import RouterMetrics
 log = logging.getLogger("llmi.serve")
 
 
-def _scan(models_dir: Path, hf_cache: Path | None, settings: Settings) -> Catalog:
-    return scan(models_dir, hf_cache=hf_cache, max_model_len=settings.vllm_max_model_len)
+def _scan(models_dir: Path, hf_cache: Path | None, settings: Settings, budget: Budget) -> Catalog:
+    return scan(models_dir, hf_cache=hf_cache, max_model_len=settings.vllm_max_model_len, device=budget.device)
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -59,8 +61,9 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         metrics,
         host_budget_bytes=host_budget_bytes(settings),
         vllm_launcher=VllmLauncher(settings, command, gpu_total) if command else None,
+        measured_store=store_path(settings),
     )
-    first = _scan(models_dir, hf_cache, settings)
+    first = _scan(models_dir, hf_cache, settings, budget)
     _log_catalog(first, None)
 
     async def startup() -> None:
@@ -71,7 +74,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         while True:
             await asyncio.sleep(settings.rescan_interval_s)
             try:
-                catalog = await asyncio.to_thread(_scan, models_dir, hf_cache, settings)
+                catalog = await asyncio.to_thread(_scan, models_dir, hf_cache, settings, budget)
                 _log_catalog(catalog, previous)
                 await supervisor.update_catalog(catalog)
                 previous = catalog

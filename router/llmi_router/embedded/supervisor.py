@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llmi import planner
+from llmi.catalog import measured
 from llmi.catalog.scan import Catalog, ModelEntry
 from llmi.errors import LlmiError, ModelNotFound, NotReadyInTime, TooManyRequests, Unavailable
 from llmi.protocol.models import ModelCard
@@ -65,8 +66,8 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
         launcher: Launcher | None = None,
         host_budget_bytes: int = 0,
-        remember: Callable[[str, str, int], None] | None = None,
         vllm_launcher: Launcher | None = None,
+        measured_store: Path | None = None,
     ) -> None:
         self.settings = settings
         self.budget = budget
@@ -77,7 +78,9 @@ class Supervisor:
         self.config = config_from(settings, budget, host_budget_bytes)
         self.world = s.World()
         self.problems: list[dict[str, str]] = []
-        self._remember = remember  # (model, placement, bytes): persist a measurement
+        self._store_path = measured_store  # where measurements are remembered across restarts
+        self._store = measured.load(measured_store) if measured_store is not None else measured.MeasuredStore()
+        self._saving = asyncio.Lock()
         self._created: dict[str, int] = {}
         self._inbox: deque[tuple[s.Event, asyncio.Future[list[asyncio.Task[Any]]] | None]] = deque()
         self._wakeup = asyncio.Event()
@@ -100,7 +103,20 @@ class Supervisor:
         for entry in catalog.entries:
             if entry.name not in self._created:
                 self._created[entry.name] = _mtime(entry.path)
-        await self._call(s.CatalogChanged(catalog.entries))
+        await self._call(s.CatalogChanged(catalog.entries, self._remembered(catalog)))
+
+    def _remembered(self, catalog: Catalog) -> dict[str, int]:
+        """Measurements of earlier runs, for the placement each model would get now."""
+        out = {}
+        for entry in catalog.entries:
+            where = planner.placement(entry.memory_bytes, self.budget, entry.placement)
+            kind = where.kind if isinstance(where, planner.Placement) else None
+            size = kind and self._store.get(
+                entry.path, kind, self.budget.device, known_fingerprint=entry.weights_fingerprint or None
+            )
+            if size:
+                out[entry.name] = size
+        return out
 
     def model_type(self, model: str) -> str | None:
         slot = self.world.slots.get(model)
@@ -421,14 +437,30 @@ class Supervisor:
             return
         self.post(s.Measured(model, attempt, size))
         slot = self.world.slots.get(model)
-        if self._remember is not None and slot is not None and slot.placement:
-            self._remember(model, slot.placement, size)
+        if self._store_path is None or slot is None or not slot.placement:
+            return
+        self._store = self._store.with_(
+            slot.entry.path,
+            slot.placement,
+            self.budget.device,
+            size,
+            time.time(),
+            known_fingerprint=slot.entry.weights_fingerprint or None,
+        )
+        async with self._saving:  # one writer at a time; each writes the newest store
+            try:
+                await asyncio.to_thread(measured.save, self._store, self._store_path)
+            except OSError as exc:
+                log.warning("could not remember measured memory in %s: %s", self._store_path, exc)
 
     # -- helpers ------------------------------------------------------------------------------
 
     def _publish(self) -> None:
         m = self.metrics
         for name, slot in self.world.slots.items():
+            m.memory_estimated.labels(name).set(slot.entry.memory_bytes)
+            if slot.measured is not None:
+                m.memory_measured.labels(name).set(slot.measured)
             m.queue.labels(name).set(self.world.queued(name))
             m.in_flight.labels(name).set(slot.in_flight)
             for state in s.State:

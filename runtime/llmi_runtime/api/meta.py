@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from llmi.protocol.models import ModelCard, ModelList
 from llmi_runtime.api.deps import state_of
 from llmi_runtime.state import Phase
 
@@ -16,23 +17,20 @@ router = APIRouter()
 async def list_models(request: Request) -> JSONResponse:
     state = state_of(request)
     info = state.engine.info() if state.engine is not None else {}
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": [
-                {
-                    "id": state.name,
-                    "object": "model",
-                    "created": state.created,
-                    "owned_by": "llmi",
-                    "type": state.model_type.value,
-                    "state": state.phase.value,
-                    "memory_bytes": info.get("memory_bytes"),
-                    "placement": info.get("placement"),
-                }
-            ],
-        }
+    measured = state.probe.read().measured_bytes if state.engine is not None else None
+    card = ModelCard(
+        id=state.name,
+        created=state.created,
+        type=state.model_type.value,
+        engine="transformers",
+        state=state.phase.value,
+        placement=info.get("placement"),
+        memory_bytes=measured or state.estimated_bytes,
+        memory_estimated_bytes=state.estimated_bytes,
+        memory_measured_bytes=measured,
+        error=state.error,
     )
+    return JSONResponse(ModelList(data=[card]).model_dump())
 
 
 @router.get("/v1/health")
