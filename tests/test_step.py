@@ -82,6 +82,8 @@ def events_for(attempt: int) -> list[s.Event]:
         s.CatalogChanged((entry("m"), entry("o"), entry("w", 1.2))),
         s.CatalogChanged((entry("o"), entry("w", 1.2))),
         s.Close(),
+        s.Unload("m"),
+        s.Pin("m", True),
     ]
 
 

@@ -465,3 +465,40 @@ async def test_without_a_gpu_nothing_is_parked() -> None:
     await use(sup, "b")
     assert launcher.parked == []
     assert states(sup)["a"] == "stopped"
+
+
+# -- operations --------------------------------------------------------------------------------
+
+
+async def test_an_operator_unload_waits_for_in_flight_requests_then_stops() -> None:
+    sup, launcher, _ = await make(entry("a"))
+    lease = await sup.acquire("a", 30)
+    card = await sup.unload("a")
+    assert card.state == "unloading"
+    assert not launcher.handles["a"].stopped
+    lease.release()
+    await sup.settled()
+    assert launcher.handles["a"].stopped
+    assert states(sup)["a"] == "stopped"
+    with pytest.raises(ModelNotFound):
+        await sup.unload("nobody")
+
+
+async def test_load_and_pin_keep_a_model_through_eviction_and_idle() -> None:
+    sup, _, clock = await make(entry("a", 2), entry("b", 2), idle_timeout_s=60)
+    card = await sup.load("a", 30)
+    assert card.state == "ready"
+    assert (await sup.pin("a", True)).pinned
+    clock.now += 120
+    await sup.reap_idle()
+    with pytest.raises(Unavailable) as info:
+        await sup.acquire("b", 30)  # a pinned "a" leaves no room for "b"
+    assert info.value.code == "no_room"
+    assert states(sup)["a"] == "ready"
+    await sup.pin("a", False)
+    await use(sup, "b")
+    assert states(sup) == {"a": "stopped", "b": "ready"}
+    kinds = [e.kind for e in sup.events.recent() if e.model == "a"]
+    assert kinds[:3] == ["found", "loading", "ready"]
+    assert "pinned" in kinds
+    assert kinds[-2:] == ["idle", "stopped"]  # unpinned after its idle timeout: it goes at once

@@ -29,6 +29,7 @@ class ModelCard(BaseModel):
     memory_bytes: int | None = Field(None, description="What the planner counts: measured if known, else estimated.")
     memory_estimated_bytes: int | None = None
     memory_measured_bytes: int | None = None
+    pinned: bool = False
     in_flight: int = 0
     queued: int = 0
     last_used: float | None = Field(None, description="Unix time of the last request, when there was one.")

@@ -42,6 +42,7 @@ from llmi.web import (
     unless_client_leaves,
 )
 from llmi_router.metrics import RouterMetrics
+from llmi_router.operations import install_operations
 from llmi_router.ports import ControlPlane
 
 log = logging.getLogger("llmi.router")
@@ -197,6 +198,7 @@ def build_router_app(
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    install_operations(app, control, settings)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     return app
 

@@ -80,8 +80,13 @@ class Slot:
     error: str | None = None
     removed: bool = False  # the folder is gone; no new requests
     removed_at: float = 0.0
-    drain_for: str | None = None  # why DRAINING: a model name, or "idle", "removed", "close"
+    drain_for: str | None = None  # why DRAINING: a model name, or "idle", "removed", "close", "admin"
     fail_after_stop: bool = False
+    pinned: bool | None = None  # set by an operator (admin endpoint); None: the folder's llmi.yaml
+
+    @property
+    def is_pinned(self) -> bool:
+        return self.entry.pinned if self.pinned is None else self.pinned
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,19 @@ class Close:
     pass
 
 
+@dataclass(frozen=True)
+class Unload:
+    """An operator asks for the model to be unloaded now (its in-flight requests finish)."""
+
+    model: str
+
+
+@dataclass(frozen=True)
+class Pin:
+    model: str
+    pinned: bool
+
+
 Event = (
     Want
     | Cancel
@@ -226,6 +244,8 @@ Event = (
     | Tick
     | CatalogChanged
     | Close
+    | Unload
+    | Pin
 )
 
 
@@ -297,6 +317,8 @@ NoteKind = Literal[
     "idle",
     "crashed",
     "stopped",
+    "unloading",
+    "pinned",
 ]
 
 

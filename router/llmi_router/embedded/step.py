@@ -50,6 +50,7 @@ from llmi_router.embedded.slots import (
     NoteKind,
     Park,
     Parked,
+    Pin,
     RefusalKind,
     Refuse,
     Release,
@@ -61,6 +62,7 @@ from llmi_router.embedded.slots import (
     Stop,
     Stopped,
     Tick,
+    Unload,
     Waiter,
     Wake,
     Want,
@@ -156,6 +158,12 @@ def _apply(b: _Builder, event: Event) -> None:
             pass
         case CatalogChanged():
             _catalog(b, event)
+        case Unload(model=name):
+            _unload(b, name)
+        case Pin(model=name, pinned=pinned):
+            if name in b.slots:
+                b.set(name, pinned=pinned)
+                b.note("pinned", name, "pinned" if pinned else "unpinned")
         case Close():
             if not b.closing:
                 b.closing = True
@@ -178,6 +186,19 @@ def _want(b: _Builder, wid: int, name: str) -> None:
         b.refuse(waiter, "too_large", f"Model '{name}' cannot be loaded: {where.reason}", 60.0)
     elif b.world().queued(name) > b.config.max_queue and not _grantable(b, slot):
         b.refuse(waiter, "queue_full", f"Too many requests are waiting for '{name}'.", 1.0)
+
+
+def _unload(b: _Builder, name: str) -> None:
+    slot = b.slots.get(name)
+    if slot is None:
+        return
+    if slot.state is State.READY or (slot.state is State.DRAINING and slot.drain_for != "close"):
+        b.move(name, State.DRAINING, drain_for="admin")
+        b.note("unloading", name, "asked by an operator")
+    elif slot.state in (State.STARTING, State.PARKED, State.WAKING):
+        b.move(name, State.STOPPING)
+        b.effects.append(Stop(name, slot.attempt))
+        b.note("unloading", name, "asked by an operator")
 
 
 def _started(b: _Builder, event: Started) -> None:
@@ -331,7 +352,7 @@ def _idle_expired(b: _Builder, slot: Slot) -> bool:
         return False
     if slot.removed:
         return b.now - slot.removed_at >= b.config.removed_grace_s
-    if slot.entry.pinned:
+    if slot.is_pinned:
         return False
     timeout = slot.entry.idle_timeout_s if slot.entry.idle_timeout_s is not None else b.config.idle_timeout_s
     return b.now - slot.last_used >= timeout
@@ -358,7 +379,7 @@ def _reprieve(b: _Builder) -> None:
     """A draining model goes back to serving when its room is no longer needed: the requests it
     made room for left, or that model got room elsewhere; or, drained for idleness, it is wanted."""
     for name, slot in list(b.slots.items()):
-        if slot.state is not State.DRAINING or slot.removed or slot.drain_for in (None, "removed", "close"):
+        if slot.state is not State.DRAINING or slot.removed or slot.drain_for in (None, "removed", "close", "admin"):
             continue
         if slot.drain_for == "idle":
             needed = not b.world().queued(name)
@@ -371,6 +392,10 @@ def _reprieve(b: _Builder) -> None:
             )
         if not needed:
             b.move(name, State.READY, drain_for=None)
+
+
+# Drains that are not making room for another model: never parked, never reprieved for room.
+NOT_FOR_ROOM = ("idle", "removed", "close", "admin")
 
 
 def _forget(b: _Builder, name: str) -> None:
@@ -465,7 +490,11 @@ def _finish_drains(b: _Builder) -> None:
 
 
 def _may_park(b: _Builder, slot: Slot, host_used: int) -> bool:
-    if not b.config.host_budget_bytes or slot.placement == "cpu" or slot.drain_for in ("idle", "removed", "close"):
+    if (
+        not b.config.host_budget_bytes
+        or slot.placement == "cpu"
+        or slot.drain_for in ("idle", "removed", "close", "admin")
+    ):
         return False
     if host_used + _host_need(slot) > b.config.host_budget_bytes:
         return False
@@ -526,7 +555,7 @@ def _as_loaded(b: _Builder, name: str, slot: Slot, overdue: bool) -> planner.Loa
         type=slot.entry.type,
         footprint_bytes=slot.footprint,
         last_used=slot.last_used,
-        pinned=slot.entry.pinned,
+        pinned=slot.is_pinned,
         in_flight=busy,
         loading=slot.state in (State.STARTING, State.WAKING, State.PARKING),
         parked=slot.state is State.PARKED,
@@ -551,7 +580,7 @@ def next_wakeup(world: World, now: float, config: Config) -> float | None:
             times.append(slot.since + config.load_timeout_s)
         elif slot.state in (State.READY, State.PARKED) and slot.removed:
             times.append(slot.removed_at + config.removed_grace_s)
-        elif slot.state in (State.READY, State.PARKED) and not slot.entry.pinned and not slot.in_flight:
+        elif slot.state in (State.READY, State.PARKED) and not slot.is_pinned and not slot.in_flight:
             timeout = slot.entry.idle_timeout_s if slot.entry.idle_timeout_s is not None else config.idle_timeout_s
             times.append(slot.last_used + timeout)
         elif slot.state in (State.STOPPED, State.FAILED) and name in wanted:

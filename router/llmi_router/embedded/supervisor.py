@@ -30,6 +30,7 @@ from llmi_router.embedded import slots as s
 from llmi_router.embedded.launch import Handle, Launcher, RuntimeSpec
 from llmi_router.embedded.process import ProcessLauncher
 from llmi_router.embedded.step import next_waiter_id, next_wakeup, step
+from llmi_router.events import EventHub, ModelEvent
 from llmi_router.metrics import RouterMetrics
 from llmi_router.ports import OnceLease
 
@@ -81,6 +82,7 @@ class Supervisor:
         self._store_path = measured_store  # where measurements are remembered across restarts
         self._store = measured.load(measured_store) if measured_store is not None else measured.MeasuredStore()
         self._saving = asyncio.Lock()
+        self.events = EventHub()
         self._created: dict[str, int] = {}
         self._inbox: deque[tuple[s.Event, asyncio.Future[list[asyncio.Task[Any]]] | None]] = deque()
         self._wakeup = asyncio.Event()
@@ -166,6 +168,7 @@ class Supervisor:
                     memory_bytes=slot.measured or slot.entry.memory_bytes,
                     memory_estimated_bytes=slot.entry.memory_bytes,
                     memory_measured_bytes=slot.measured,
+                    pinned=slot.is_pinned,
                     in_flight=slot.in_flight,
                     queued=self.world.queued(name),
                     last_used=_wall(slot.last_used, self.clock) if slot.last_used else None,
@@ -205,6 +208,33 @@ class Supervisor:
         with contextlib.suppress(TimeoutError):
             await self.wait_until(lambda w: (slot := w.slots.get(model)) is None or slot.url != url, timeout_s)
         return True
+
+    # -- operations (admin endpoints) ---------------------------------------------------------
+
+    async def load(self, model: str, deadline_s: float) -> ModelCard:
+        """Make ``model`` ready as a request would, and hold it no longer."""
+        (await self.acquire(model, deadline_s)).release()
+        return self.card(model)
+
+    async def unload(self, model: str) -> ModelCard:
+        """Unload now: no new requests, in-flight ones finish, then the runtime stops."""
+        if self.model_type(model) is None:
+            raise ModelNotFound(model)
+        await self._call(s.Unload(model))
+        return self.card(model)
+
+    async def pin(self, model: str, pinned: bool) -> ModelCard:
+        """Keep ``model`` loaded (never evicted, never idle-unloaded), or let it go again."""
+        if self.model_type(model) is None:
+            raise ModelNotFound(model)
+        await self._call(s.Pin(model, pinned))
+        return self.card(model)
+
+    def card(self, model: str) -> ModelCard:
+        for card in self.describe():
+            if card.id == model:
+                return card
+        raise ModelNotFound(model)
 
     async def reap_idle(self) -> None:
         """Look at idle timeouts now and wait for the unloads that follows (the owner also does
@@ -467,6 +497,23 @@ class Supervisor:
                 m.state.labels(name, state.value).set(1 if slot.state is state else 0)
 
     def _note(self, note: s.Note) -> None:
+        self._log(note)
+        slot = self.world.slots.get(note.model)
+        self.events.publish(
+            ModelEvent(
+                kind=note.kind,
+                model=note.model,
+                time=time.time(),
+                state=s.PUBLIC_STATE[slot.state] if slot is not None else None,
+                detail=note.detail,
+                seconds=note.seconds,
+                memory_estimated_bytes=slot.entry.memory_bytes if slot is not None else None,
+                memory_measured_bytes=slot.measured if slot is not None else None,
+                placement=slot.placement if slot is not None else None,
+            )
+        )
+
+    def _log(self, note: s.Note) -> None:
         m, name = self.metrics, note.model
         match note.kind:
             case "found":
