@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_arguments(runtime)
     add_models_arguments(sub.add_parser("models", help="list the model folders llmi can serve"))
     add_pull_arguments(sub.add_parser("pull", help="download a model from the Hugging Face Hub"))
+    ps = sub.add_parser("ps", help="what the running server has loaded (like `ollama ps`)")
+    ps.add_argument("--url", default="http://localhost:15530", help="the server (default: http://localhost:15530)")
+    ps.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ps.add_argument("--watch", action="store_true", help="follow changes as they happen (/v1/events)")
     add_serve_arguments(sub.add_parser("serve", help="serve every model in the models folder (embedded mode)"))
     add_router_arguments(sub.add_parser("router", help="the router alone, for LocalModels on Kubernetes"))
     add_operator_arguments(sub.add_parser("operator", help="the Kubernetes operator: LocalModels, discovery, budget"))
@@ -150,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         return models_command(args, settings)
     if args.command == "pull":
         return pull_command(args, settings)
+    if args.command == "ps":
+        from llmi.ps import ps
+
+        return ps(args.url, args.json, args.watch)
     return 2
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,3 +103,27 @@ def test_admin_load_unload_and_pin(serve: ServeProcess) -> None:
         bad = client.post(f"{serve.url}/v1/admin/models/tiny-bert-embed/pin", json={"pinned": "yes"})
         assert bad.status_code == 400
         assert bad.json()["error"]["param"] == "pinned"
+
+
+def test_llmi_ps_shows_the_running_servers_models(serve: ServeProcess) -> None:
+    with httpx.Client(timeout=120) as client:
+        assert client.post(f"{serve.url}/v1/embeddings", json={"model": "tiny-qwen3-embed", **EMBED}).status_code == 200
+    env = runtime_env()
+    as_json = subprocess.run(
+        [sys.executable, "-m", "llmi.cli", "ps", "--url", serve.url, "--json"], capture_output=True, text=True, env=env
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    cards = {c["id"]: c for c in json.loads(as_json.stdout)}
+    assert cards["tiny-qwen3-embed"]["state"] == "ready"
+    shown = subprocess.run(
+        [sys.executable, "-m", "llmi.cli", "ps", "--url", serve.url], capture_output=True, text=True, env=env
+    )
+    lines = shown.stdout.splitlines()
+    assert lines[0].split()[:3] == ["NAME", "TYPE", "STATE"]
+    assert lines[1].split()[:3] == ["tiny-qwen3-embed", "embedding", "ready"]  # loaded models first
+    assert "ago" in lines[1]
+    gone = subprocess.run(
+        [sys.executable, "-m", "llmi.cli", "ps", "--url", "http://127.0.0.1:9"], capture_output=True, text=True, env=env
+    )
+    assert gone.returncode == 1
+    assert "cannot reach" in gone.stderr
