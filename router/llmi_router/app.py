@@ -43,6 +43,7 @@ from llmi.web import (
 )
 from llmi_router.metrics import RouterMetrics
 from llmi_router.operations import install_operations
+from llmi_router.page import install_page
 from llmi_router.ports import ControlPlane
 
 log = logging.getLogger("llmi.router")
@@ -57,6 +58,7 @@ ROUTES: dict[str, type[BaseModel]] = {
     "/v1/multimodal/encode": MultimodalEncodeRequest,
     "/v1/multimodal/match": MultimodalMatchRequest,
 }
+EMPTY_HINT = "No models yet: add a Hugging Face model folder to the models folder, or run `llmi pull <repo id>`."
 HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "server", "date"}
 
 
@@ -66,6 +68,7 @@ def build_router_app(
     metrics: RouterMetrics,
     background: Callable[[], Awaitable[None]] | None = None,
     startup: Callable[[], Awaitable[None]] | None = None,
+    empty_hint: str = EMPTY_HINT,
 ) -> FastAPI:
     """The router app. ``startup`` runs before the first request is accepted; ``background``
     runs for the app's lifetime (catalog rescans, idle reaping)."""
@@ -199,6 +202,7 @@ def build_router_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     install_operations(app, control, settings)
+    install_page(app, control, empty_hint)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     return app
 

@@ -81,9 +81,22 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             except Exception:
                 log.exception("rescan failed")
 
-    app = build_router_app(supervisor, settings, metrics, background=background, startup=startup)
+    hint = first_run_hint(models_dir, settings)
+    if not first.entries:
+        log.warning("%s", hint)
+    app = build_router_app(supervisor, settings, metrics, background=background, startup=startup, empty_hint=hint)
     serve_app(app, settings)
     return 0
+
+
+def first_run_hint(models_dir: Path, settings: Settings) -> str:
+    """What to do when no model was found: where llmi looked, and how to add one."""
+    where = models_dir.resolve()
+    return (
+        f"No models found in {where}. Add one with `llmi pull Qwen/Qwen2.5-0.5B-Instruct --models-dir {models_dir}` "
+        f"(any Hugging Face repo id), or copy a model folder (config.json and weights) into {where}; "
+        f"it is picked up within {settings.rescan_interval_s:.0f} s, no restart needed."
+    )
 
 
 def host_budget_bytes(settings: Settings) -> int:
