@@ -57,6 +57,7 @@ class FakeLauncher:
         self.parked: list[str] = []
         self.woken: list[str] = []
         self.residue = GIB // 4
+        self.load_seconds = 0.0
         self.reserved = 0
         self.specs: list[RuntimeSpec] = []
         self.began: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)  # start() was called
@@ -76,7 +77,7 @@ class FakeLauncher:
             await self.gates[handle.name].wait()
         if handle.name in self.fail:
             raise StartFailed(self.fail[handle.name])
-        return 0.0
+        return self.load_seconds
 
     async def measure(self, handle: FakeHandle) -> int | None:
         return self.measured.get(handle.name)

@@ -502,3 +502,23 @@ async def test_load_and_pin_keep_a_model_through_eviction_and_idle() -> None:
     assert kinds[:3] == ["found", "loading", "ready"]
     assert "pinned" in kinds
     assert kinds[-2:] == ["idle", "stopped"]  # unpinned after its idle timeout: it goes at once
+
+
+async def test_a_long_load_reports_progress_against_the_last_load_time() -> None:
+    sup, launcher, clock = await make(entry("a"))
+    launcher.load_seconds = 30.0
+    await use(sup, "a")
+    await sup.unload("a")
+    await sup.settled()
+    launcher.gates["a"] = asyncio.Event()
+    waiting = asyncio.create_task(sup.acquire("a", 300))
+    await state_is(sup, "a", "starting")
+    clock.now += 6  # past the 5 s progress interval
+    sup.post(step_module.Tick())
+    await sup.wait_until(lambda _: any(e.kind == "progress" for e in sup.events.recent()), 10)
+    progress = [e for e in sup.events.recent() if e.kind == "progress"]
+    assert [e.detail for e in progress] == ["loading for 6s of about 30s (the last load)"]
+    card = sup.card("a")
+    assert (card.state, card.loading_s, card.last_load_s) == ("loading", 6.0, 30.0)
+    launcher.gates["a"].set()
+    (await waiting).release()

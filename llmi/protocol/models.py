@@ -33,6 +33,8 @@ class ModelCard(BaseModel):
     in_flight: int = 0
     queued: int = 0
     last_used: float | None = Field(None, description="Unix time of the last request, when there was one.")
+    loading_s: float | None = Field(None, description="While loading: seconds since the load began.")
+    last_load_s: float | None = Field(None, description="How long the model's last load took (s).")
     phase: str | None = Field(None, description="Kubernetes only: the LocalModel's status phase.")
     error: str | None = None
 

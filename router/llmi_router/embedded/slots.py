@@ -82,6 +82,8 @@ class Slot:
     removed_at: float = 0.0
     drain_for: str | None = None  # why DRAINING: a model name, or "idle", "removed", "close", "admin"
     fail_after_stop: bool = False
+    last_load_s: float | None = None  # how long the last good load took (for progress while loading)
+    progress_at: float = 0.0  # when the last progress note of this load was given
     pinned: bool | None = None  # set by an operator (admin endpoint); None: the folder's llmi.yaml
 
     @property
@@ -125,6 +127,7 @@ class Config:
     max_failures: int = 5
     load_retry_s: float = 30.0
     quick_crash_s: float = 60.0
+    progress_s: float = 5.0  # a loading model reports its progress this often
     removed_grace_s: float = 30.0  # a loaded model whose folder vanished is kept this long, in case it returns
 
     def effective(self) -> planner.Budget:
@@ -319,6 +322,7 @@ NoteKind = Literal[
     "stopped",
     "unloading",
     "pinned",
+    "progress",
 ]
 
 

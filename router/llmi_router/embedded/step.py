@@ -205,7 +205,7 @@ def _started(b: _Builder, event: Started) -> None:
     slot = b.slots.get(event.model)
     if slot is None or slot.attempt != event.attempt or slot.state is not State.STARTING:
         return
-    b.move(event.model, State.READY, url=event.url, last_used=b.now, failures=0, error=None)
+    b.move(event.model, State.READY, url=event.url, last_used=b.now, failures=0, error=None, last_load_s=event.seconds)
     b.effects.append(Measure(event.model, event.attempt))
     b.note("ready", event.model, slot.placement or "", event.seconds)
 
@@ -339,6 +339,11 @@ def _deadlines(b: _Builder) -> None:
             b.effects.append(Stop(name, slot.attempt))
             b.refuse_all(name, "failed", f"Model '{name}' failed: {error}", b.config.load_retry_s)
             b.note("failed", name, error)
+        elif slot.state is State.STARTING and b.now - max(slot.since, slot.progress_at) >= b.config.progress_s:
+            elapsed = b.now - slot.since
+            expected = f" of about {slot.last_load_s:.0f}s (the last load)" if slot.last_load_s else ""
+            b.set(name, progress_at=b.now)
+            b.note("progress", name, f"loading for {elapsed:.0f}s{expected}", elapsed)
         elif slot.state is State.READY and _idle_expired(b, slot):
             b.move(name, State.DRAINING, drain_for="removed" if slot.removed else "idle")
             b.note("idle", name, f"idle for {b.now - slot.last_used:.0f}s")
@@ -578,6 +583,7 @@ def next_wakeup(world: World, now: float, config: Config) -> float | None:
     for name, slot in world.slots.items():
         if slot.state is State.STARTING:
             times.append(slot.since + config.load_timeout_s)
+            times.append(max(slot.since, slot.progress_at) + config.progress_s)
         elif slot.state in (State.READY, State.PARKED) and slot.removed:
             times.append(slot.removed_at + config.removed_grace_s)
         elif slot.state in (State.READY, State.PARKED) and not slot.is_pinned and not slot.in_flight:

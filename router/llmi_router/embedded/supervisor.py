@@ -172,6 +172,8 @@ class Supervisor:
                     in_flight=slot.in_flight,
                     queued=self.world.queued(name),
                     last_used=_wall(slot.last_used, self.clock) if slot.last_used else None,
+                    loading_s=round(self.clock() - slot.since, 1) if slot.state is State.STARTING else None,
+                    last_load_s=round(slot.last_load_s, 2) if slot.last_load_s else None,
                     error=slot.error,
                 )
             )

@@ -7,12 +7,18 @@ async function act(model, what) {
   await fetch(`/v1/admin/models/${encodeURIComponent(model)}/${what}`, { method: "POST" });
 }
 
+function state(c) {
+  let text = c.state + (c.pinned ? " (pinned)" : "");
+  if (c.loading_s != null) text += ` ${Math.round(c.loading_s)}s` + (c.last_load_s ? ` of ~${Math.round(c.last_load_s)}s` : "");
+  return text;
+}
+
 function row(c) {
   const mem = c.memory_measured_bytes ? fmt(c.memory_measured_bytes) : "~" + fmt(c.memory_estimated_bytes);
   const tr = document.createElement("tr");
   tr.dataset.model = c.id;
   const cells = [
-    [c.id], [c.type], [c.state + (c.pinned ? " (pinned)" : ""), "state " + c.state], [c.placement || "-"],
+    [c.id], [c.type], [state(c), "state " + c.state], [c.placement || "-"],
     [c.engine || "-"], [mem], [c.in_flight], [c.queued], [c.error || ""],
   ];
   for (const [value, cls] of cells) {
