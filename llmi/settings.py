@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     auto_unload_models: bool = Field(True, description="Unload idle models after their idle timeout.")
     model_cache_size: int = Field(1, ge=1, description="Loaded models kept per model type.")
 
+    # Access control: off until keys are set (anyone who reaches the port may otherwise use every model).
+    api_keys: str | None = Field(
+        None, repr=False, description="Comma-separated API keys; with any set, every /v1 route needs one (401)."
+    )
+    api_keys_file: Path | None = Field(None, description="A file of API keys, one per line (a mounted Secret).")
+    metrics_open: bool = Field(True, description="Serve /metrics without a key (for Prometheus) when keys are on.")
+
     # Request limits: why they exist is that a local server must survive hostile input.
     max_request_bytes: int = Field(
         64 * MIB, ge=1024, description="Largest request body accepted (bytes); larger gets 413."

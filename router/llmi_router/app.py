@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from llmi import __version__
+from llmi.auth import ApiKeyMiddleware, load_keys
 from llmi.errors import BadRequest, LlmiError, ModelNotFound, UpstreamFailed
 from llmi.modeltypes import ENDPOINTS, ModelType
 from llmi.protocol.chat import ChatCompletionRequest, CompletionRequest
@@ -201,9 +202,12 @@ def build_router_app(
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    keys = load_keys(settings.api_keys, settings.api_keys_file)
     install_operations(app, control, settings)
-    install_page(app, control, empty_hint)
+    install_page(app, control, empty_hint, locked=bool(keys))
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    # Outermost: an unauthorised request costs no parse and no load.
+    app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths={"/", *(["/metrics"] if settings.metrics_open else [])})
     return app
 
 

@@ -51,7 +51,10 @@ def _row(card: ModelCard) -> str:
     return f'<tr data-model="{html.escape(card.id)}">{tds}<td></td></tr>'
 
 
-def render(cards: list[ModelCard], health: dict[str, Any], empty_hint: str) -> str:
+def render(cards: list[ModelCard], health: dict[str, Any], empty_hint: str, locked: bool = False) -> str:
+    """The page; ``locked`` (API keys on): no models until the reader gives a key to the script."""
+    if locked:
+        cards, health = [], {}
     total, planned = int(health.get("budget_bytes") or 0), int(health.get("planned_bytes") or 0)
     measured = sum(c.memory_measured_bytes or 0 for c in cards if c.state in ("ready", "unloading"))
     width = (lambda n: f"{min(100.0, 100 * n / total):.1f}%") if total else (lambda n: "0%")
@@ -66,13 +69,15 @@ def render(cards: list[ModelCard], health: dict[str, Any], empty_hint: str) -> s
 <div id="budget">planned {_fmt(planned)} · measured {_fmt(measured)} · budget {_fmt(total)}</div>
 <div class="bar" title="memory budget"><div id="planned" class="planned" style="width:{width(planned)}"></div>
 <div id="measured" class="measured" style="width:{width(measured)}"></div></div>
-<p id="empty" class="empty"{"" if not cards else " hidden"}>{html.escape(empty_hint)}</p>
+<form id="key"{"" if locked else " hidden"}>This server needs an API key:
+<input type="password" name="key" autocomplete="off" placeholder="API key"> <button>use</button></form>
+<p id="empty" class="empty"{"" if not cards and not locked else " hidden"}>{html.escape(empty_hint)}</p>
 <div class="wrap"><table><thead><tr>{head}</tr></thead><tbody id="models">{rows}</tbody></table></div>
 <h2 style="font-size:1rem">Recent events</h2><ul id="events"></ul>
 <script>{SCRIPT}</script></body></html>"""
 
 
-def install_page(app: FastAPI, control: ControlPlane, empty_hint: str) -> None:
+def install_page(app: FastAPI, control: ControlPlane, empty_hint: str, locked: bool = False) -> None:
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(render(control.describe(), control.health(), empty_hint))
+        return HTMLResponse(render(control.describe(), control.health(), empty_hint, locked))

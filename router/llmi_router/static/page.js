@@ -3,8 +3,15 @@ const $ = (s) => document.querySelector(s);
 const fmt = (n) => (!n ? "-" : n >= 2 ** 30 ? (n / 2 ** 30).toFixed(1) + " GiB" : (n / 2 ** 20).toFixed(0) + " MiB");
 const RESIDENT = ["ready", "loading", "parked", "unloading"];
 
+// With API keys on, the key the reader typed is kept for this tab only and sent as OpenAI's SDK does.
+const auth = () => {
+  const key = sessionStorage.getItem("llmi-key");
+  return key ? { Authorization: `Bearer ${key}` } : {};
+};
+const get = (path) => fetch(path, { headers: auth() }).then((r) => (r.ok ? r.json() : Promise.reject(r.status)));
+
 async function act(model, what) {
-  await fetch(`/v1/admin/models/${encodeURIComponent(model)}/${what}`, { method: "POST" });
+  await fetch(`/v1/admin/models/${encodeURIComponent(model)}/${what}`, { method: "POST", headers: auth() });
 }
 
 function state(c) {
@@ -38,10 +45,7 @@ function row(c) {
 }
 
 async function refresh() {
-  const [models, health] = await Promise.all([
-    fetch("/v1/models").then((r) => r.json()),
-    fetch("/v1/health").then((r) => r.json()),
-  ]);
+  const [models, health] = await Promise.all([get("/v1/models"), get("/v1/health")]);
   const cards = models.data;
   $("#models").replaceChildren(...cards.map(row));
   const total = health.budget_bytes || 0;
@@ -64,8 +68,42 @@ function log(e) {
   while ($("#events").children.length > 30) $("#events").lastChild.remove();
 }
 
-new EventSource("/v1/events").onmessage = (message) => {
-  const event = JSON.parse(message.data);
+function handle(event) {
   if (event.kind !== "snapshot") log(event);
-  refresh();
+  refresh().catch(() => {});
+}
+
+// Server-sent events read with fetch (EventSource cannot send a key); reconnects after a break.
+async function follow() {
+  const response = await fetch("/v1/events", { headers: auth() }).catch(() => null);
+  if (response && response.status === 401) {
+    $("#key").hidden = false;
+    return;
+  }
+  if (response && response.ok) {
+    $("#key").hidden = true;
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read().catch(() => ({ done: true }));
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        for (const line of buffer.slice(0, end).split("\n")) {
+          if (line.startsWith("data: ")) handle(JSON.parse(line.slice(6)));
+        }
+        buffer = buffer.slice(end + 2);
+      }
+    }
+  }
+  setTimeout(follow, 2000);
+}
+
+$("#key").onsubmit = (e) => {
+  e.preventDefault();
+  sessionStorage.setItem("llmi-key", e.target.key.value);
+  follow();
 };
+follow();
