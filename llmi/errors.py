@@ -45,6 +45,26 @@ class ModelNotFound(NotFound):
         super().__init__(f"The model '{model}' does not exist.", param="model")
 
 
+class ModelTooLarge(LlmiError):
+    """The model can never be loaded here (it exceeds the whole budget, even offloaded): a
+    permanent refusal, so a 400 that clients do not retry, with the reason."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "model_too_large"
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(f"Model '{model}' cannot be loaded: {reason}", param="model")
+
+
+class TokenLimitExceeded(LlmiError):
+    """``max_tokens`` above LLM_MAX_TOKENS_LIMIT."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "max_tokens_too_large"
+
+
 class PayloadTooLarge(LlmiError):
     status = 413
     type = "invalid_request_error"
@@ -55,7 +75,7 @@ class Unavailable(LlmiError):
     """The model is not ready (loading, or no room in time); clients should retry."""
 
     status = 503
-    type = "service_unavailable"
+    type = "server_error"
     code = "model_not_ready"
 
     def __init__(self, message: str, *, retry_after: float = 1.0, code: str | None = None) -> None:
@@ -78,6 +98,10 @@ class TooManyRequests(Unavailable):
     status = 429
     type = "rate_limit_error"
     code = "queue_full"
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the answer was ready; nobody is listening."""
 
 
 class UpstreamFailed(LlmiError):

@@ -13,6 +13,7 @@ from typing import Any
 from llmi.errors import BadRequest, ModelNotFound, Unavailable
 from llmi.modeltypes import ENDPOINTS, ModelType
 from llmi.settings import Settings
+from llmi_runtime.admission import Admission
 from llmi_runtime.engines import load_engine
 from llmi_runtime.engines.base import LoadOptions
 from llmi_runtime.metrics import RuntimeMetrics
@@ -36,6 +37,7 @@ class RuntimeState:
     settings: Settings
     worker: ModelWorker = field(init=False)
     metrics: RuntimeMetrics = field(init=False)
+    admission: Admission = field(init=False)
     phase: Phase = Phase.LOADING
     engine: Any = None
     error: str | None = None
@@ -46,6 +48,7 @@ class RuntimeState:
     def __post_init__(self) -> None:
         self.worker = ModelWorker(max_streams=self.settings.max_concurrent_sequences)
         self.metrics = RuntimeMetrics(self)
+        self.admission = Admission(self.settings.max_requests_per_model)
 
     async def load(self) -> None:
         """Load on the worker thread, which then owns the model."""
@@ -97,6 +100,7 @@ class RuntimeState:
             "type": self.model_type.value,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
+            "in_flight": self.admission.in_flight,
         }
         if self.engine is not None:
             body.update(self.engine.info())

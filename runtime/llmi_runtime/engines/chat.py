@@ -71,7 +71,7 @@ class ChatEngine:
             raise BadRequest(f"Token id {max(ids)} is outside the vocabulary ({self.vocab_size}).", param="prompt")
         return ids
 
-    def token_budget(self, prompt_len: int, requested: int | None, default: int) -> int:
+    def token_budget(self, prompt_len: int, requested: int | None, default: int | None) -> int:
         """How many tokens may be generated; a request that cannot fit the context is a 400."""
         room = self.context_length - prompt_len
         if room <= 0:
@@ -81,7 +81,7 @@ class ChatEngine:
                 code="context_length_exceeded",
             )
         if requested is None:
-            return min(room, default)
+            return room if default is None else min(room, default)
         if requested > room:
             raise BadRequest(
                 f"This model's maximum context length is {self.context_length} tokens; the prompt has "
