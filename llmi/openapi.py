@@ -182,6 +182,16 @@ def add_operations(schema: dict[str, Any], paths: Iterable[str]) -> dict[str, An
     schemas.update(defs.get("$defs", {}))
     for op in ops:
         schema.setdefault("paths", {}).setdefault(op.path, {})["post"] = operation_spec(op)
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            # FastAPI documents its own 422; llmi answers bad parameters with 400 and the envelope.
+            if operation.get("responses", {}).pop("422", None) is not None:
+                operation["responses"]["400"] = {
+                    "description": ERRORS[400],
+                    "content": {"application/json": {"schema": _ref(ErrorResponse)}},
+                }
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
     return schema
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.kube_fixtures import eventually
 from tests.servers import RuntimeProcess, runtime_env, start_runtime
 from tests.tiny_models import IM_END
 

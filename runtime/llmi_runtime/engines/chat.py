@@ -65,7 +65,10 @@ class ChatEngine:
 
     def text_prompt(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
-            return list(self.tokenizer(prompt).input_ids)
+            ids = list(self.tokenizer(prompt).input_ids)
+            if not ids:  # a tokenizer without a BOS token makes nothing of ""
+                raise BadRequest("The prompt is empty: give at least one token of text.", param="prompt")
+            return ids
         ids = list(prompt)
         if max(ids) >= self.vocab_size:
             raise BadRequest(f"Token id {max(ids)} is outside the vocabulary ({self.vocab_size}).", param="prompt")
