@@ -2,8 +2,8 @@
 
 Run from the repository root:
 
-    python -m bench.router_bench [--model-dir DIR] [--requests N] [--concurrency C] [--rounds R]
-                                 [--streams S] [--threads T] [--json]
+    python -m bench.router_bench [--quick] [--model-dir DIR] [--requests N] [--concurrency C]
+                                 [--rounds R] [--streams S] [--threads T] [--litellm PATH] [--json]
 
 One `llmi serve` on a folder with tiny-bert-embed and tiny-llama-chat (budget large enough to
 keep both loaded), and one standalone `llmi runtime` per model started with the same
@@ -11,13 +11,20 @@ keep both loaded), and one standalone `llmi runtime` per model started with the 
 The router is warmed up first (both models loaded), so what is measured is the steady-state
 cost of the extra hop, not model loading.
 
-Figures, each for "direct" (the runtimes' own ports) and "router" (the serve port):
+Figures, each for "direct" (the runtimes' own ports), "router" (the serve port) and, when a
+LiteLLM proxy is installed (``--litellm``, default /work/venvs/litellm/bin/litellm), "litellm"
+(LiteLLM's proxy in front of the same standalone runtimes):
 
-1. sequential latency, p50 and p99, of small requests: /v1/embeddings of one short string,
-   and non-streamed /v1/chat/completions with max_tokens 1;
-2. throughput (req/s) of the same two requests with C concurrent clients;
+1. sequential latency (concurrency 1), p50 and p99, of small requests: /v1/embeddings of one
+   short string, and non-streamed /v1/chat/completions with max_tokens 1, and req/s;
+2. the same two requests with C concurrent clients (default 16): req/s and p50/p99;
 3. streamed chat, exactly 32 greedy tokens (eos suppressed): time to first content delta
-   and total time, p50.
+   and total time, p50;
+4. CPU time of the proxy process (router or LiteLLM) per request, from /proc, over every timed
+   request it relayed.
+
+Each proxy figure is reported next to direct: the ratio and the added milliseconds.
+``--quick`` runs a short version (well under a minute of measuring) for a noisy, shared machine.
 
 Every figure gets N requests per target (S for streams), split over R rounds; each round runs
 a batch on one target then the same batch on the other, the order alternating between rounds,
@@ -33,7 +40,9 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,11 +56,14 @@ import transformers
 
 from bench.runtime_bench import CHAT_MODEL, EMBED_MODEL, MESSAGES, Row, ensure_models
 from tests.serve_process import ServeProcess, start_serve
-from tests.servers import RuntimeProcess, runtime_env, start_runtime, wait_ready
+from tests.servers import RuntimeProcess, free_port, runtime_env, start_runtime, stop_process, wait_ready
 from tests.tiny_models import IM_END
 
 MODELS = (EMBED_MODEL, CHAT_MODEL)
-TARGETS = ("direct", "router")
+LITELLM = Path("/work/venvs/litellm/bin/litellm")
+# LiteLLM refuses to start without a master key; every target gets it (the others ignore it).
+LITELLM_KEY = "sk-" + secrets.token_hex(32)
+AUTH = {"authorization": f"Bearer {LITELLM_KEY}"}
 STREAM_TOKENS = 32
 JSON_HEADERS = {"content-type": "application/json"}
 LOAD_TIMEOUT_S = 300.0
@@ -71,6 +83,9 @@ class Target:
     latency: dict[str, list[float]] = field(default_factory=dict)
     busy: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # (requests, seconds) per batch
     ttft: list[float] = field(default_factory=list)
+    pid: int | None = None  # the proxy process whose CPU is counted
+    cpu_s: float = 0.0
+    proxied: int = 0
     stream_total: list[float] = field(default_factory=list)
     stream_texts: set[str] = field(default_factory=set)
     stream_tokens: set[int] = field(default_factory=set)
@@ -83,6 +98,14 @@ def percentile(values: Sequence[float], q: float) -> float:
     lo = math.floor(k)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU time of one process so far (its children not included)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -169,19 +192,22 @@ async def stream(target: Target, body: bytes) -> tuple[float, float, str, int]:
 
 async def sequential(target: Target, kind: str, body: bytes, n: int) -> None:
     lat = target.latency.setdefault(kind, [])
+    t0 = time.perf_counter()
     for _ in range(n):
         lat.append(await post(target, kind, body))
+    target.busy.setdefault(f"{kind}_seq", []).append((n, time.perf_counter() - t0))
 
 
 async def concurrent(target: Target, kind: str, body: bytes, n: int, clients: int) -> None:
     """``n`` requests from ``clients`` workers, each sending its next one as soon as the last returns."""
     left = n
+    lat = target.latency.setdefault(f"{kind}_c", [])
 
     async def worker() -> None:
         nonlocal left
         while left > 0:
             left -= 1
-            await post(target, kind, body)
+            lat.append(await post(target, kind, body))
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(clients, n))))
@@ -197,13 +223,29 @@ async def streams(target: Target, body: bytes, n: int) -> None:
         target.stream_tokens.add(tokens)
 
 
-async def measure(urls: dict[str, dict[str, str]], body: dict[str, bytes], args: argparse.Namespace) -> dict[str, Row]:
+async def timed(t: Target, work: Any, n: int) -> None:
+    """Run one batch of ``n`` requests on ``t``, counting its proxy's CPU time."""
+    before = cpu_seconds(t.pid)
+    await work
+    t.cpu_s += cpu_seconds(t.pid) - before
+    t.proxied += n
+
+
+async def measure(
+    urls: dict[str, dict[str, str]], pids: dict[str, int | None], body: dict[str, bytes], args: argparse.Namespace
+) -> dict[str, Row]:
     limits = httpx.Limits(max_connections=2 * args.concurrency, max_keepalive_connections=2 * args.concurrency)
     async with contextlib.AsyncExitStack() as stack:
         targets = [
-            Target(name, urls[name], await stack.enter_async_context(httpx.AsyncClient(timeout=120, limits=limits)))
-            for name in TARGETS
+            Target(
+                name,
+                urls[name],
+                await stack.enter_async_context(httpx.AsyncClient(timeout=120, limits=limits, headers=AUTH)),
+            )
+            for name in urls
         ]
+        for t in targets:
+            t.pid = pids.get(t.name)
         # Untimed warm-up: connections opened, every code path run once on both sides.
         for t in targets:
             for kind in PATHS:
@@ -219,12 +261,12 @@ async def measure(urls: dict[str, dict[str, str]], body: dict[str, bytes], args:
             order = targets if i % 2 == 0 else targets[::-1]
             for kind in PATHS:
                 for t in order:
-                    await sequential(t, kind, body[kind], n)
+                    await timed(t, sequential(t, kind, body[kind], n), n)
             for kind in PATHS:
                 for t in order:
-                    await concurrent(t, kind, body[kind], n, args.concurrency)
+                    await timed(t, concurrent(t, kind, body[kind], n, args.concurrency), n)
             for t in order:
-                await streams(t, body["stream"], s)
+                await timed(t, streams(t, body["stream"], s), s)
     return {t.name: summarize(t) for t in targets}
 
 
@@ -234,9 +276,10 @@ def summarize(t: Target) -> Row:
         row[f"{kind}_p50_ms"] = 1000 * percentile(values, 0.5)
         row[f"{kind}_p99_ms"] = 1000 * percentile(values, 0.99)
     for kind, batches in t.busy.items():
-        row[f"{kind}_req_s"] = sum(n for n, _ in batches) / sum(s for _, s in batches)
+        row[f"{kind}_c_req_s"] = sum(n for n, _ in batches) / sum(s for _, s in batches)
     row["stream_ttft_p50_ms"] = 1000 * percentile(t.ttft, 0.5)
     row["stream_total_p50_ms"] = 1000 * percentile(t.stream_total, 0.5)
+    row["cpu_ms_per_request"] = 1000 * t.cpu_s / t.proxied if t.pid is not None and t.proxied else math.nan
     row["stream_texts"] = sorted(t.stream_texts)
     row["stream_tokens"] = sorted(t.stream_tokens)
     return row
@@ -259,6 +302,50 @@ def warm_router(serve: ServeProcess, body: dict[str, bytes]) -> dict[str, dict[s
     return models
 
 
+@dataclass
+class LiteLLM:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
+def start_litellm(command: Path, direct: dict[str, str], tmp: Path) -> LiteLLM:
+    """LiteLLM's proxy in front of the standalone runtimes, as an OpenAI-compatible provider."""
+    port = free_port()
+    models = [
+        {"model_name": name, "litellm_params": {"model": f"openai/{name}", "api_base": f"{url}/v1", "api_key": "x"}}
+        for name, url in direct.items()
+    ]
+    config = tmp / "litellm.yaml"
+    config.write_text(json.dumps({"model_list": models}))  # JSON is YAML
+    log = tmp / "litellm.log"
+    env = {
+        **os.environ,
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "NO_DOCS": "True",
+        "LITELLM_MASTER_KEY": LITELLM_KEY,
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(command), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + LOAD_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"litellm exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/health/liveliness", timeout=5, headers=AUTH).status_code == 200:
+                return LiteLLM(url, proc)
+        time.sleep(0.2)
+    stop_process(proc)
+    raise TimeoutError(f"litellm not ready:\n{log.read_text(errors='replace')[-3000:]}")
+
+
 def stop_serve(serve: ServeProcess, keep: set[int]) -> None:
     """Stop `llmi serve`; SIGKILL any of its runtimes that outlived it."""
     serve.stop()
@@ -272,20 +359,33 @@ def stop_serve(serve: ServeProcess, keep: set[int]) -> None:
 
 # The table's rows: (label, key in summarize()'s row, unit).
 FIGURES: list[tuple[str, str, str]] = [
-    *((f"{label} p{p}", f"{kind}_p{p}_ms", "ms") for kind, label in SEQ for p in (50, 99)),
-    *((f"{label} C={{c}}", f"{kind}_req_s", "req/s") for kind, label in SEQ),
+    *((f"{label} C=1 p{p}", f"{kind}_p{p}_ms", "ms") for kind, label in SEQ for p in (50, 99)),
+    *((f"{label} C={{c}} p{p}", f"{kind}_c_p{p}_ms", "ms") for kind, label in SEQ for p in (50, 99)),
+    *((f"{label} C=1", f"{kind}_seq_c_req_s", "req/s") for kind, label in SEQ),
+    *((f"{label} C={{c}}", f"{kind}_c_req_s", "req/s") for kind, label in SEQ),
     (f"stream {STREAM_TOKENS} tokens TTFT p50", "stream_ttft_p50_ms", "ms"),
     (f"stream {STREAM_TOKENS} tokens total p50", "stream_total_p50_ms", "ms"),
 ]
 
 
-def compare(rows: dict[str, Row], concurrency: int) -> dict[str, Row]:
-    """Per figure: both values, router/direct, and the added ms (per request for throughput)."""
-    out: dict[str, Row] = {}
-    for label, key, unit in FIGURES:
-        d, r = rows["direct"][key], rows["router"][key]
-        added = 1000 / r - 1000 / d if unit == "req/s" else r - d
-        out[label.format(c=concurrency)] = {"unit": unit, "direct": d, "router": r, "ratio": r / d, "added_ms": added}
+def compare(rows: dict[str, Row], concurrency: int) -> dict[str, dict[str, Row]]:
+    """Per proxy and figure: both values, proxy/direct, and the added ms (per request for req/s)."""
+    out: dict[str, dict[str, Row]] = {}
+    for proxy in [name for name in rows if name != "direct"]:
+        table: dict[str, Row] = {}
+        for label, key, unit in FIGURES:
+            d, r = rows["direct"][key], rows[proxy][key]
+            added = 1000 / r - 1000 / d if unit == "req/s" else r - d
+            table[label.format(c=concurrency)] = {
+                "unit": unit,
+                "direct": d,
+                proxy: r,
+                "ratio": r / d,
+                "added_ms": added,
+            }
+        cpu = rows[proxy]["cpu_ms_per_request"]
+        table["proxy CPU per request"] = {"unit": "ms", "direct": 0.0, proxy: cpu, "ratio": math.nan, "added_ms": cpu}
+        out[proxy] = table
     return out
 
 
@@ -296,30 +396,35 @@ def print_table(result: dict[str, Any]) -> None:
         f"figure and target ({c['streams']} streams) in {c['rounds']} alternating rounds, "
         f"concurrency={c['concurrency']}, cpus={c['cpus']}, placement={c['placement']}"
     )
-    print(f"\n{'figure':46} {'unit':>6} {'direct':>9} {'router':>9} {'router/direct':>14} {'added ms':>9}")
-    for label, f in result["figures"].items():
-        print(
-            f"  {label:44} {f['unit']:>6} {f['direct']:9.2f} {f['router']:9.2f} {f['ratio']:13.2f}x "
-            f"{f['added_ms']:+9.2f}"
-        )
+    for proxy, figures in result["figures"].items():
+        print(f"\n{'figure':50} {'unit':>6} {'direct':>9} {proxy:>9} {proxy + '/direct':>15} {'added ms':>9}")
+        for label, f in figures.items():
+            print(
+                f"  {label:48} {f['unit']:>6} {f['direct']:9.2f} {f[proxy]:9.2f} {f['ratio']:14.2f}x "
+                f"{f['added_ms']:+9.2f}"
+            )
     check = result["checks"]
     print(
         f"\nstreamed text identical on both sides: {'yes' if check['same_stream_text'] else 'NO'}; "
         f"completion tokens per stream: {check['stream_tokens']}"
     )
-    print("added ms = router - direct; for req/s rows, the added wall time per request (1000/rate).")
+    print("added ms = proxy - direct; for req/s rows, the added wall time per request (1000/rate).")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.router_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, help="where the tiny models are (built there if missing)")
     parser.add_argument("--requests", type=int, default=200, help="requests per figure and target (default 200)")
-    parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients for req/s (default 8)")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients for req/s (default 16)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating direct/router rounds (default 5)")
     parser.add_argument("--streams", type=int, default=40, help="streamed chats per target (default 40)")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every runtime (default 1)")
+    parser.add_argument("--litellm", type=Path, default=LITELLM, help="LiteLLM's proxy command (skipped if absent)")
+    parser.add_argument("--quick", action="store_true", help="a short run: 60 requests, 6 streams, 2 rounds")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.streams, args.rounds = 60, 6, 2
     if min(args.requests, args.streams) < args.rounds or min(args.rounds, args.concurrency, args.threads) < 1:
         parser.error("--requests and --streams must be at least --rounds, and every count at least 1")
     # SIGTERM unwinds like Ctrl-C, so the ExitStack below stops every process.
@@ -347,7 +452,13 @@ def main(argv: list[str] | None = None) -> int:
                 wait_ready(runtime)
             print("router_bench: router warm, runtimes ready; measuring", file=sys.stderr)
             urls = {"direct": {n: r.url for n, r in direct.items()}, "router": dict.fromkeys(MODELS, serve.url)}
-            rows = asyncio.run(measure(urls, body, args))
+            pids: dict[str, int | None] = {"router": serve.proc.pid}
+            if args.litellm.exists():
+                proxy = start_litellm(args.litellm, urls["direct"], Path(tmp))
+                stack.callback(lambda: stop_process(proxy.proc))
+                urls["litellm"] = dict.fromkeys(MODELS, proxy.url)
+                pids["litellm"] = proxy.proc.pid
+            rows = asyncio.run(measure(urls, pids, body, args))
         except Exception:
             print(f"router_bench: failed; end of the llmi serve log:\n{serve.output()[-4000:]}", file=sys.stderr)
             raise
@@ -364,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "figures": compare(rows, args.concurrency),
         "checks": {
-            "same_stream_text": len({*rows["direct"]["stream_texts"], *rows["router"]["stream_texts"]}) == 1,
-            "stream_tokens": sorted({*rows["direct"]["stream_tokens"], *rows["router"]["stream_tokens"]}),
+            "same_stream_text": len({t for r in rows.values() for t in r["stream_texts"]}) == 1,
+            "stream_tokens": sorted({t for r in rows.values() for t in r["stream_tokens"]}),
         },
         "raw": rows,
     }

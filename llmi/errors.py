@@ -53,6 +53,26 @@ class Conflict(LlmiError):
     code = "conflict"
 
 
+class ModelTooLarge(LlmiError):
+    """The model can never be loaded here (it exceeds the whole budget, even offloaded): a
+    permanent refusal, so a 400 that clients do not retry, with the reason."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "model_too_large"
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(f"Model '{model}' cannot be loaded: {reason}", param="model")
+
+
+class TokenLimitExceeded(LlmiError):
+    """``max_tokens`` above LLM_MAX_TOKENS_LIMIT."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "max_tokens_too_large"
+
+
 class PayloadTooLarge(LlmiError):
     status = 413
     type = "invalid_request_error"
@@ -63,7 +83,7 @@ class Unavailable(LlmiError):
     """The model is not ready (loading, or no room in time); clients should retry."""
 
     status = 503
-    type = "service_unavailable"
+    type = "server_error"
     code = "model_not_ready"
 
     def __init__(self, message: str, *, retry_after: float = 1.0, code: str | None = None) -> None:
@@ -86,6 +106,10 @@ class TooManyRequests(Unavailable):
     status = 429
     type = "rate_limit_error"
     code = "queue_full"
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the answer was ready; nobody is listening."""
 
 
 class UpstreamFailed(LlmiError):

@@ -13,10 +13,13 @@ class ModelType(StrEnum):
     MULTIMODAL = "multimodal"
 
 
+# Cohere v1 and Jina, Cohere v2, and TEI's path (which also takes Cohere v1's request).
+RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
+
 ENDPOINTS: dict[ModelType, tuple[str, ...]] = {
     ModelType.CHAT: ("/v1/chat/completions", "/v1/completions"),
     ModelType.EMBEDDING: ("/v1/embeddings",),
-    ModelType.RERANKER: ("/v1/rerank",),
+    ModelType.RERANKER: RERANK_PATHS,
     ModelType.VISION: ("/v1/vision/encode", "/v1/vision/similarity"),
     # A CLIP-style model also answers the vision endpoints with its image tower.
     ModelType.MULTIMODAL: (

@@ -82,7 +82,24 @@ class Settings(BaseSettings):
     max_input_chars: int = Field(
         1_000_000, ge=1, description="Longest single text input (characters) before tokenization."
     )
-    default_max_tokens: int = Field(4096, ge=1, description="Tokens generated when a chat request sets no max_tokens.")
+    max_tokens_default: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens generated when a chat request names no max_tokens (default: the rest of the context, "
+        "as OpenAI does). Capped by LLM_MAX_TOKENS_LIMIT.",
+    )
+    max_tokens_limit: int | None = Field(
+        None,
+        ge=1,
+        description="Hard ceiling on max_tokens (tokens): a request above it is a 400, so one client cannot hold "
+        "the model for the whole context. Default: none beyond the context length.",
+    )
+    max_requests_per_model: int = Field(
+        256,
+        ge=1,
+        description="Requests one runtime accepts at once (running or queued on its model); more get 429 with "
+        "Retry-After, so a burst cannot queue without bound.",
+    )
     max_concurrent_sequences: int = Field(
         64, ge=1, description="Chat generations interleaved at once in one runtime; more wait in line."
     )
@@ -118,5 +135,17 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace for in-flight requests at shutdown (s).")
     request_timeout_s: float = Field(
         600.0, gt=0, description="Longest a runtime may take to answer (s); streams reset it per chunk."
+    )
+    sse_keepalive_s: float = Field(
+        5.0,
+        gt=0,
+        description="While a streamed request waits for its model to load, an SSE comment line is sent this often "
+        "(s), so clients and proxies with read timeouts do not give up.",
+    )
+    upstream_connect_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Router to runtime: longest wait for a connection (s), pooled or new; there is no shared "
+        "connection ceiling, so this only bites when a runtime does not accept.",
     )
     rescan_interval_s: float = Field(5.0, gt=0, description="How often the models folder is scanned again (s).")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmi.errors import BadRequest, LlmiError, PayloadTooLarge, Unavailable, error_body
+from llmi.errors import BadRequest, ClientGone, LlmiError, PayloadTooLarge, Unavailable, error_body
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,22 @@ _HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "inval
 
 def describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:
     """A one-line message and the offending parameter, from pydantic's first error."""
-    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    return describe_errors(exc.errors(include_url=False, include_context=False, include_input=False))
+
+
+def describe_errors(errors: Sequence[Any], skip_loc: int = 0) -> tuple[str, str | None]:
+    """Pydantic-style error dicts as a sentence for people (never a Python repr), and the
+    parameter they name. ``skip_loc`` drops a leading location part (FastAPI's ``body``)."""
+    if not errors:
+        return "The request is not valid.", None
     first = errors[0]
     if first["type"] == "json_invalid":
         return f"Request body is not valid JSON: {first['msg']}", None
-    if first["type"] == "model_type" and not first["loc"]:
+    loc = list(first.get("loc") or ())[skip_loc:]
+    if first["type"] == "model_type" and not loc:
         return "Request body must be a JSON object.", None
     # Union branches add their type names to ``loc``; keep only real field names and indexes.
-    parts = [str(p) for p in first["loc"] if isinstance(p, int) or not _is_type_tag(str(p))]
+    parts = [str(p) for p in loc if isinstance(p, int) or not _is_type_tag(str(p))]
     param = ".".join(parts) or None
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
@@ -59,7 +67,10 @@ def _is_type_tag(part: str) -> bool:
 
 async def parse_body(request: Request, model: type[M]) -> M:
     """Read and validate the JSON body strictly; every failure is a 400 with the field named."""
-    body = await request.body()
+    return parse_json(await request.body(), model)
+
+
+def parse_json(body: bytes, model: type[M]) -> M:
     if not body.strip():
         raise BadRequest("Request body is empty; expected a JSON object.")
     try:
@@ -110,23 +121,27 @@ class BodyLimitMiddleware:
         return 413, PayloadTooLarge(self._message()).body()
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _send_json(send: Send, status: int, body: dict[str, Any], extra: dict[str, str] | None = None) -> None:
     payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
 
-def error_response(exc: LlmiError) -> JSONResponse:
-    headers = {}
+def error_headers(exc: LlmiError) -> dict[str, str]:
     if isinstance(exc, Unavailable):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        return {"Retry-After": str(max(1, round(exc.retry_after)))}
+    return {}
+
+
+def error_response(exc: LlmiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=error_headers(exc))
+
+
+async def send_json(send: Send, exc: LlmiError) -> None:
+    """An error as a raw ASGI response, for endpoints that run without request objects."""
+    await _send_json(send, exc.status, exc.body(), error_headers(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -138,19 +153,26 @@ def install_error_handlers(app: FastAPI) -> None:
             log.warning("request failed: %s", exc.message)
         return error_response(exc)
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        message = "Not found." if exc.status_code == 404 else str(exc.detail)
+        if exc.status_code == 404:
+            message = f"Invalid URL ({request.method} {request.url.path})."
+        elif exc.status_code == 405:
+            message = f"Method {request.method} is not allowed on {request.url.path}."
+        else:
+            message = str(exc.detail)
         type_ = _HTTP_TYPES.get(exc.status_code, "invalid_request_error")
+        # OpenAI sends code null here: the status is already the HTTP status.
         return JSONResponse(
-            error_body(message, type_, code=str(exc.status_code)),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            error_body(message, type_), status_code=exc.status_code, headers=getattr(exc, "headers", None)
         )
 
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return JSONResponse(error_body(str(exc.errors()[:1]), "invalid_request_error"), status_code=400)
+        errors = list(exc.errors())
+        skip = 1 if errors and tuple(errors[0].get("loc") or ())[:1] in {("body",), ("query",), ("path",)} else 0
+        message, param = describe_errors(errors, skip_loc=skip)
+        return JSONResponse(error_body(message, "invalid_request_error", param=param), status_code=400)
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)
@@ -171,28 +193,33 @@ def sse_event(payload: dict[str, Any]) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"
+# What keeps proxies from buffering or caching a stream (nginx honours X-Accel-Buffering);
+# llmi never compresses responses, so nothing holds bytes back to fill a compression block.
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-class ClientGone(Exception):
-    """The client closed the connection before the answer was ready."""
+async def wait_for_disconnect(receive: Receive) -> None:
+    """Return when the client has gone. Call only once the request body has been read: then
+    the server's next message is the disconnect."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
-async def unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """Await ``work``, cancelling it if the client disconnects, so an abandoned request stops
-    using the model (streams get the same from their response's cancellation)."""
+async def unless_client_leaves(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first (then ClientGone), so an
+    abandoned request stops using the model; streams get the same from their response."""
     task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(watch())
+    watcher = asyncio.ensure_future(wait_for_disconnect(receive))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
         if not task.done():
             task.cancel()
+    if not task.done():
+        # The client left: let the work unwind its cancellation (its own finally blocks run).
+        await asyncio.wait({task})
+        raise ClientGone
     if task.cancelled():
         raise ClientGone
     return task.result()

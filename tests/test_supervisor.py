@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from llmi.catalog.scan import Catalog
-from llmi.errors import ModelNotFound, NotReadyInTime, TooManyRequests, Unavailable
+from llmi.errors import ModelNotFound, ModelTooLarge, NotReadyInTime, TooManyRequests, Unavailable
 from llmi_router.embedded import step as step_module
 from tests.supervisor_fakes import GIB, entry, make, state_is, states, use
 
@@ -192,9 +192,9 @@ async def test_shutdown_during_start_stops_everything() -> None:
 
 async def test_model_too_big_is_refused_with_a_reason() -> None:
     sup, launcher, _ = await make(entry("huge", 10))
-    with pytest.raises(Unavailable) as info:
+    with pytest.raises(ModelTooLarge) as info:
         await sup.acquire("huge", 30)
-    assert info.value.code == "model_too_large"
+    assert (info.value.status, info.value.code) == (400, "model_too_large")  # permanent: clients do not retry
     assert "budget" in info.value.message
     assert launcher.started == []
 

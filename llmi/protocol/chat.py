@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from llmi.protocol.common import PositiveInt, Request
+from llmi.protocol.common import PositiveInt, Request, Usage
+from llmi.protocol.common import Response as ResponseBase
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -136,3 +137,76 @@ class CompletionRequest(SamplingFields):
     def token_limit(self) -> int | None:
         # The legacy API's default is 16 tokens.
         return 16 if self.max_tokens is None else self.max_tokens
+
+
+# -- responses ------------------------------------------------------------------------------
+
+FinishReason = Literal["stop", "length"]
+
+
+class AssistantMessage(ResponseBase):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None
+
+
+class ChatChoice(ResponseBase):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: FinishReason
+
+
+class ChatCompletion(ResponseBase):
+    """OpenAI's ``chat.completion`` object."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChunkDelta(ResponseBase):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(ResponseBase):
+    index: int = 0
+    delta: ChunkDelta
+    logprobs: None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(ResponseBase):
+    """One ``data:`` event of a streamed chat completion (``usage`` only with include_usage)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChoice(ResponseBase):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: FinishReason | None = None
+
+
+class Completion(ResponseBase):
+    """OpenAI's ``text_completion`` object; streamed events have the same shape."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None

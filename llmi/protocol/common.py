@@ -20,6 +20,25 @@ class Request(BaseModel):
     model: ModelName
 
 
+class Response(BaseModel):
+    """Base of every response: built by the runtime, documented in the OpenAPI from the same class."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = Field(None, description="A stable string code such as model_not_found, or null.")
+
+
+class ErrorResponse(BaseModel):
+    """The one error envelope, OpenAI's."""
+
+    error: ErrorDetail
+
+
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0

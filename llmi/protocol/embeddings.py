@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from llmi.protocol.common import PositiveInt, Request
+from llmi.protocol.common import EmbeddingUsage, PositiveInt, Request
+from llmi.protocol.common import Response as ResponseBase
 
 EmbedText = Annotated[str, StringConstraints(min_length=1)]
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
@@ -30,3 +31,18 @@ class EmbeddingRequest(Request):
         if self.input and isinstance(self.input[0], int):
             return [list(self.input)]  # type: ignore[arg-type]
         return list(self.input)  # type: ignore[arg-type]
+
+
+class Embedding(ResponseBase):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="Floats, or base64 of little-endian float32 bytes.")
+
+
+class EmbeddingList(ResponseBase):
+    """OpenAI's embeddings response."""
+
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

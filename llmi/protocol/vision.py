@@ -5,11 +5,12 @@ Images are base64 strings or ``data:image/...;base64,`` URLs; decoding happens i
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
 from llmi.protocol.common import Request
+from llmi.protocol.common import Response as ResponseBase
 
 ImageData = Annotated[str, StringConstraints(min_length=1)]
 TextInput = Annotated[str, StringConstraints(min_length=1)]
@@ -40,3 +41,33 @@ class MultimodalEncodeRequest(Request):
 class MultimodalMatchRequest(Request):
     images: Annotated[list[ImageData], Field(min_length=1)]
     texts: Annotated[list[TextInput], Field(min_length=1)]
+
+
+class VisionEncodeResponse(ResponseBase):
+    object: Literal["list"] = "list"
+    model: str
+    embeddings: list[list[float]]
+    dimensions: int
+
+
+class VisionSimilarityResponse(ResponseBase):
+    model: str
+    similarity: float = Field(description="(1 + cosine) / 2: 1 for identical images, 0.5 for unrelated ones.")
+    cosine_similarity: float
+    image1_features: list[float]
+    image2_features: list[float]
+    dimensions: int
+
+
+class MultimodalEncodeResponse(ResponseBase):
+    model: str
+    image_embeddings: list[list[float]]
+    text_embeddings: list[list[float]]
+    dimensions: int
+
+
+class MultimodalMatchResponse(ResponseBase):
+    model: str
+    similarity_matrix: list[list[float]] = Field(description="Cosine similarities, rows images, columns texts.")
+    logits: list[list[float]]
+    probabilities: list[list[float]]

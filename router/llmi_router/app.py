@@ -1,32 +1,37 @@
-"""The router: validate, make the model ready, forward unchanged, stream back.
+"""The router app: wires the public paths to the proxy, the model list, health and metrics.
 
-Public paths are an explicit list; bodies are validated with the same protocol models as the
-runtime, so a malformed request never costs a model load.
+Public paths are an explicit list. A body is checked strictly with the runtime's own protocol
+models before anything that could cost a load; for a model that is already ready only the
+routing fields are read, since the runtime validates the rest anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import FastAPI
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.routing import Route
 
 from llmi import __version__
 from llmi.auth import ApiKeyMiddleware, load_keys
-from llmi.errors import BadRequest, LlmiError, ModelNotFound, UpstreamFailed
-from llmi.modeltypes import ENDPOINTS, ModelType
+from llmi.caps import check_token_caps
+from llmi.errors import BadRequest, ClientGone, LlmiError, ModelNotFound
+from llmi.modeltypes import ENDPOINTS, RERANK_PATHS, ModelType
+from llmi.openapi import add_operations
 from llmi.protocol.chat import ChatCompletionRequest, CompletionRequest
+from llmi.protocol.common import ErrorResponse
 from llmi.protocol.embeddings import EmbeddingRequest
-from llmi.protocol.rerank import RerankRequest
+from llmi.protocol.models import ModelCard, ModelList
+from llmi.protocol.rerank import RerankRequest, TeiRerankRequest, is_tei
 from llmi.protocol.vision import (
     MultimodalEncodeRequest,
     MultimodalMatchRequest,
@@ -34,33 +39,143 @@ from llmi.protocol.vision import (
     VisionSimilarityRequest,
 )
 from llmi.settings import Settings
-from llmi.web import (
-    SSE_DONE,
-    BodyLimitMiddleware,
-    install_error_handlers,
-    parse_body,
-    sse_event,
-    unless_client_leaves,
-)
+from llmi.web import BodyLimitMiddleware, Receive, Scope, Send, install_error_handlers, parse_json, send_json
 from llmi_router.metrics import RouterMetrics
 from llmi_router.operations import install_operations
 from llmi_router.page import install_page
-from llmi_router.ports import ControlPlane
-
-log = logging.getLogger("llmi.router")
+from llmi_router.ports import ControlPlane, ReadinessProbe
+from llmi_router.proxy import Proxy, new_session
 
 ROUTES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
     "/v1/embeddings": EmbeddingRequest,
     "/v1/rerank": RerankRequest,
+    "/v2/rerank": RerankRequest,
+    "/rerank": RerankRequest,  # or TeiRerankRequest, by its fields
     "/v1/vision/encode": VisionEncodeRequest,
     "/v1/vision/similarity": VisionSimilarityRequest,
     "/v1/multimodal/encode": MultimodalEncodeRequest,
     "/v1/multimodal/match": MultimodalMatchRequest,
 }
 EMPTY_HINT = "No models yet: add a Hugging Face model folder to the models folder, or run `llmi pull <repo id>`."
-HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "server", "date"}
+
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown model", "model": ErrorResponse}}
+
+
+class RouteFields(BaseModel):
+    """What routing needs from a body: everything else is the runtime's to read."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    model: str | None = None
+    stream: bool = False
+
+
+class Gateway:
+    """Turns one public POST into a forwarded request: read, route, check, forward, count."""
+
+    def __init__(self, control: ControlPlane, settings: Settings, metrics: RouterMetrics) -> None:
+        self.control = control
+        self.settings = settings
+        self.metrics = metrics
+        self.probe = control if isinstance(control, ReadinessProbe) else None
+        self.proxy: Proxy | None = None
+
+    async def start(self) -> None:
+        session = new_session(self.settings.upstream_connect_timeout_s, self.settings.request_timeout_s)
+        self.proxy = Proxy(self.control, session, self.settings.queue_timeout_s, self.settings.sse_keepalive_s)
+
+    async def close(self) -> None:
+        if self.proxy is not None:
+            await self.proxy.session.close()
+
+    async def handle(self, path: str, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
+        model, status = "-", 500
+        try:
+            body = await _read_body(receive)
+            model, stream = self.route(path, body)
+            assert self.proxy is not None, "the gateway serves only between start() and close()"
+            status = await self.proxy.forward(model, path, body, stream, receive, send)
+        except LlmiError as exc:
+            status = exc.status
+            await send_json(send, exc)
+        except ClientGone:
+            status = 499  # nobody is listening: nothing to send or log
+        finally:
+            known = model if self.control.model_type(model) else "-"
+            self.metrics.requests.labels(known, path, str(status)).inc()
+            self.metrics.latency.labels(known, path).observe(time.perf_counter() - t0)
+
+    def route(self, path: str, body: bytes) -> tuple[str, bool]:
+        """The model and whether to stream; a 400/404 before anything costs a load."""
+        try:
+            fields = RouteFields.model_validate_json(body)
+        except ValidationError:
+            fields = None
+        model = fields.model if fields is not None else None
+        if fields is not None and model is None and path in RERANK_PATHS:
+            model = self.sole_reranker()
+        if fields is None or model is None or self.probe is None or not self.probe.is_ready(model):
+            # The strict check, and the token caps, before a load can start.
+            parsed = parse_json(body, self.request_model(path, body))
+            model = getattr(parsed, "model", None) or model or self.sole_reranker()
+            check_token_caps(parsed, self.settings)
+            fields = RouteFields(model=model, stream=bool(getattr(parsed, "stream", False)))
+        assert model is not None
+        self.check_endpoint(model, path)
+        return model, fields.stream
+
+    def request_model(self, path: str, body: bytes) -> type[BaseModel]:
+        if path != "/rerank":
+            return ROUTES[path]
+        try:
+            decoded = json.loads(body)
+        except ValueError:
+            return RerankRequest  # its parse error names the problem
+        return TeiRerankRequest if isinstance(decoded, dict) and is_tei(decoded) else RerankRequest
+
+    def sole_reranker(self) -> str:
+        """TEI clients name no model: the one reranker, when there is exactly one."""
+        rerankers = [c.id for c in self.control.describe() if c.type == ModelType.RERANKER]
+        if len(rerankers) != 1:
+            raise BadRequest(
+                f"model is required: {len(rerankers)} rerankers are available.", param="model", code="model_required"
+            )
+        return rerankers[0]
+
+    def check_endpoint(self, model: str, path: str) -> None:
+        """404 for an unknown model, 400 when its type does not serve ``path``."""
+        kind = self.control.model_type(model)
+        if kind is None:
+            raise ModelNotFound(model)
+        if path not in ENDPOINTS[ModelType(kind)]:
+            raise BadRequest(
+                f"Model '{model}' is a {kind} model and does not serve {path}.", param="model", code="wrong_model_type"
+            )
+
+
+class ProxyEndpoint:
+    """A raw ASGI endpoint for one public path (no request objects on the hot path)."""
+
+    def __init__(self, path: str, gateway: Gateway) -> None:
+        self.path = path
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.gateway.handle(self.path, receive, send)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def build_router_app(
@@ -73,10 +188,11 @@ def build_router_app(
 ) -> FastAPI:
     """The router app. ``startup`` runs before the first request is accepted; ``background``
     runs for the app's lifetime (catalog rescans, idle reaping)."""
-    client = httpx.AsyncClient(timeout=httpx.Timeout(settings.request_timeout_s, connect=10), http2=False)
+    gateway = Gateway(control, settings, metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
         if startup is not None:
             await startup()
         task = asyncio.create_task(background()) if background is not None else None
@@ -86,129 +202,71 @@ def build_router_app(
             if task is not None:
                 task.cancel()
             await control.close()
-            await client.aclose()
+            await gateway.close()
 
-    app = FastAPI(title="llmi", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="llmi",
+        version=__version__,
+        lifespan=lifespan,
+        description="One OpenAI-compatible endpoint for many local models; a model is loaded when named.",
+    )
     install_error_handlers(app)
+    for path in ROUTES:
+        app.router.routes.append(Route(path, ProxyEndpoint(path, gateway), methods=["POST"]))
 
-    def make_handler(path: str, model_cls: type[BaseModel]) -> Callable[[Request], Awaitable[Response]]:
-        async def handler(request: Request) -> Response:
-            t0 = time.perf_counter()
-            model, status = "-", 500
-            try:
-                parsed = await parse_body(request, model_cls)
-                model = parsed.model  # type: ignore[attr-defined]
-                check_endpoint(control, model, path)
-                response = await _forward(request, path, model, bool(getattr(parsed, "stream", False)))
-                status = response.status_code
-                return response
-            except LlmiError as exc:
-                status = exc.status
-                raise
-            finally:
-                known = model if control.model_type(model) else "-"
-                metrics.requests.labels(known, path, str(status)).inc()
-                metrics.latency.labels(known, path).observe(time.perf_counter() - t0)
+    @app.get("/v1/models", operation_id="listModels", summary="Models and their state", tags=["models"])
+    async def list_models() -> ModelList:
+        return ModelList(data=control.describe())
 
-        return handler
-
-    async def _forward(request: Request, path: str, model: str, stream: bool) -> Response:
-        body = await request.body()
-        for attempt in (1, 2):
-            lease = await control.acquire(model, settings.queue_timeout_s)
-            try:
-                upstream = await client.send(
-                    client.build_request(
-                        "POST", f"{lease.url}{path}", content=body, headers={"content-type": "application/json"}
-                    ),
-                    stream=True,
-                )
-                break
-            except httpx.ConnectError:
-                # Nothing was sent: if the runtime just died, retry once on a fresh one.
-                lease.release()
-                if attempt == 2 or not await control.forget_if_dead(model, lease.url):
-                    raise UpstreamFailed(f"The runtime of '{model}' is not reachable.") from None
-            except httpx.HTTPError as exc:
-                lease.release()
-                raise UpstreamFailed(f"The runtime of '{model}' did not answer: {type(exc).__name__}.") from None
-        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
-        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
-            return StreamingResponse(
-                _relay_stream(upstream, lease.release, model), status_code=upstream.status_code, headers=headers
-            )
-        try:
-            content = await unless_client_leaves(request, upstream.aread())
-        except httpx.HTTPError as exc:
-            raise UpstreamFailed(f"The runtime of '{model}' failed mid-answer: {type(exc).__name__}.") from None
-        finally:
-            await upstream.aclose()
-            lease.release()
-        return Response(content, status_code=upstream.status_code, headers=headers)
-
-    async def _relay_stream(upstream: httpx.Response, release: Callable[[], None], model: str) -> AsyncIterator[bytes]:
-        """Pass SSE bytes through as they come; a runtime that dies mid-stream ends it with an
-        error event instead of a silent cut."""
-        try:
-            async for chunk in upstream.aiter_raw():
-                yield chunk
-        except httpx.HTTPError as exc:
-            log.warning("stream from %s broke: %s", model, exc)
-            error = UpstreamFailed(f"The runtime of '{model}' failed mid-stream.")
-            yield b"\n\n" + sse_event(error.body()) + SSE_DONE
-        finally:
-            await upstream.aclose()
-            release()
-
-    def check_endpoint(control: ControlPlane, model: str, path: str) -> None:
-        """404 for an unknown model, 400 when its type does not serve ``path``."""
-        kind = control.model_type(model)
-        if kind is None:
-            raise ModelNotFound(model)
-        if path not in ENDPOINTS[ModelType(kind)]:
-            raise BadRequest(
-                f"Model '{model}' is a {kind} model and does not serve {path}.", param="model", code="wrong_model_type"
-            )
-
-    for path, model_cls in ROUTES.items():
-        app.add_api_route(path, make_handler(path, model_cls), methods=["POST"], include_in_schema=True)
-
-    @app.get("/v1/models")
-    async def list_models() -> JSONResponse:
-        cards = [card.model_dump() for card in control.describe()]
-        return JSONResponse({"object": "list", "data": cards})
-
-    @app.get("/v1/models/{model:path}")
-    async def get_model(model: str) -> JSONResponse:
+    @app.get(
+        "/v1/models/{model:path}",
+        operation_id="retrieveModel",
+        summary="One model",
+        tags=["models"],
+        responses=_NOT_FOUND,
+    )
+    async def get_model(model: str) -> ModelCard:
         for card in control.describe():
             if card.id == model:
-                return JSONResponse(card.model_dump())
+                return card
         raise ModelNotFound(model)
 
-    @app.get("/v1/health")
-    async def health() -> JSONResponse:
-        body: dict[str, Any] = {"status": "ok", "version": __version__, **control.health()}
-        return JSONResponse(body)
+    @app.get("/v1/health", operation_id="health", summary="Memory, states and problems", tags=["meta"])
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, **control.health()}
 
-    @app.get("/healthz")
-    async def healthz() -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+    @app.get("/healthz", operation_id="healthz", summary="Liveness", tags=["meta"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
 
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+    @app.get("/readyz", operation_id="readyz", summary="Readiness", tags=["meta"])
+    async def readyz() -> dict[str, str]:
+        return {"status": "ok"}
 
-    @app.get("/metrics")
+    @app.get("/metrics", operation_id="metrics", summary="Prometheus metrics", tags=["meta"], response_class=Response)
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     keys = load_keys(settings.api_keys, settings.api_keys_file)
     install_operations(app, control, settings)
     install_page(app, control, empty_hint, locked=bool(keys))
+    _document(app, list(ROUTES))
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     # Outermost: an unauthorised request costs no parse and no load.
     app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths={"/", *(["/metrics"] if settings.metrics_open else [])})
     return app
+
+
+def _document(app: FastAPI, paths: list[str]) -> None:
+    """FastAPI's description of the GET routes plus the protocol's POST operations."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_operations(build(), paths)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def serve_app(app: FastAPI, settings: Settings) -> None:
@@ -220,4 +278,8 @@ def serve_app(app: FastAPI, settings: Settings) -> None:
         log_level=settings.log_level.lower(),
         access_log=False,
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        # httptools and uvloop when installed (the dependencies say so): pure-Python h11 parsing
+        # was a fifth of the router's CPU per request.
+        http="auto",
+        loop="auto",
     )

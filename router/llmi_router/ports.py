@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from llmi.protocol.models import ModelCard
 
@@ -62,3 +62,11 @@ class ControlPlane(Protocol):
     async def close(self) -> None:
         """Stop background work (and, embedded, every runtime)."""
         ...
+
+
+@runtime_checkable
+class ReadinessProbe(Protocol):
+    """Optional for a control plane: whether ``model`` is ready now, so that the router may skip
+    its strict body check (the runtime checks again) when no load can follow."""
+
+    def is_ready(self, model: str) -> bool: ...

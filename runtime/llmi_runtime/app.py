@@ -6,11 +6,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from llmi import __version__
 from llmi.modeltypes import ENDPOINTS
+from llmi.openapi import add_operations
 from llmi.web import ASGIApp, BodyLimitMiddleware, Message, Receive, Scope, Send, install_error_handlers
 from llmi_runtime.api import admin, embeddings, meta, rerank, text, vision
 from llmi_runtime.parking import Parker
@@ -74,6 +76,15 @@ def build_app(state: RuntimeState, on_load_failure: Callable[[], None] | None = 
         app.include_router(module.router)
     install_error_handlers(app)
 
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_operations(build(), ENDPOINTS[state.model_type])
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(state.admission.middleware, paths=frozenset(ENDPOINTS[state.model_type]))
     app.add_middleware(MetricsMiddleware, state=state, paths=API_PATHS)
     app.add_middleware(BodyLimitMiddleware, limit=state.settings.max_request_bytes)
     return app

@@ -14,6 +14,7 @@ from typing import Any
 from llmi.errors import BadRequest, ModelNotFound, Unavailable
 from llmi.modeltypes import ENDPOINTS, ModelType
 from llmi.settings import Settings
+from llmi_runtime.admission import Admission
 from llmi_runtime.engines import load_engine
 from llmi_runtime.engines.base import LoadOptions
 from llmi_runtime.memory import MemoryProbe, estimated_bytes, probe_for
@@ -41,6 +42,7 @@ class RuntimeState:
     metrics: RuntimeMetrics = field(init=False)
     probe: MemoryProbe = field(init=False)
     estimated_bytes: int | None = field(init=False)
+    admission: Admission = field(init=False)
     phase: Phase = Phase.LOADING
     engine: Any = None
     error: str | None = None
@@ -55,6 +57,7 @@ class RuntimeState:
         self.estimated_bytes = estimated_bytes(
             self.path, self.model_type, self.settings.vllm_max_model_len, self.probe.device
         )
+        self.admission = Admission(self.settings.max_requests_per_model)
 
     async def load(self) -> None:
         """Load on the worker thread, which then owns the model."""
@@ -115,6 +118,7 @@ class RuntimeState:
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
             "pid": os.getpid(),
             "memory": self.probe.read().as_json(),
+            "in_flight": self.admission.in_flight,
         }
         if self.engine is not None:
             body.update(self.engine.info())

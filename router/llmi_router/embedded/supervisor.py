@@ -22,7 +22,7 @@ from typing import Any
 from llmi import planner
 from llmi.catalog import measured
 from llmi.catalog.scan import Catalog, ModelEntry
-from llmi.errors import LlmiError, ModelNotFound, NotReadyInTime, TooManyRequests, Unavailable
+from llmi.errors import LlmiError, ModelNotFound, ModelTooLarge, NotReadyInTime, TooManyRequests, Unavailable
 from llmi.protocol.models import ModelCard
 from llmi.settings import Settings
 from llmi.vllm import resolve_engine
@@ -119,6 +119,11 @@ class Supervisor:
             if size:
                 out[entry.name] = size
         return out
+
+    def is_ready(self, model: str) -> bool:
+        """Ready to serve now (the router then skips the strict parse: the runtime validates)."""
+        slot = self.world.slots.get(model)
+        return slot is not None and slot.state is State.READY and not slot.removed
 
     def model_type(self, model: str) -> str | None:
         slot = self.world.slots.get(model)
@@ -559,7 +564,7 @@ def _refusal(refuse: s.Refuse) -> LlmiError:
         case "failed":
             return Unavailable(refuse.message, retry_after=refuse.retry_after, code="model_failed")
         case "too_large":
-            return Unavailable(refuse.message, retry_after=refuse.retry_after, code="model_too_large")
+            return ModelTooLarge(refuse.model, refuse.message.split(": ", 1)[-1])
         case "no_room":
             return Unavailable(refuse.message, retry_after=refuse.retry_after, code="no_room")
         case _:

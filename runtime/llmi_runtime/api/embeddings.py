@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING
 
 import torch
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from llmi.errors import BadRequest
-from llmi.protocol.embeddings import EmbeddingRequest
+from llmi.protocol.common import EmbeddingUsage
+from llmi.protocol.embeddings import Embedding, EmbeddingList, EmbeddingRequest
 from llmi.web import parse_body
-from llmi_runtime.api.deps import state_of
+from llmi_runtime.api.deps import json_response, state_of
 
 if TYPE_CHECKING:
     from llmi_runtime.engines.embedding import EmbeddingEngine
@@ -21,8 +22,8 @@ router = APIRouter()
 PATH = "/v1/embeddings"
 
 
-@router.post(PATH)
-async def embeddings(request: Request) -> JSONResponse:
+@router.post(PATH, include_in_schema=False)
+async def embeddings(request: Request) -> Response:
     state = state_of(request)
     req = await parse_body(request, EmbeddingRequest)
     engine: EmbeddingEngine = state.engine_for(req.model, PATH)
@@ -39,17 +40,9 @@ async def embeddings(request: Request) -> JSONResponse:
         # Matryoshka-style shortening: keep the leading components, back to unit length.
         vectors = torch.nn.functional.normalize(vectors[:, : req.dimensions], dim=-1)
     state.metrics.prompt_tokens.labels(PATH).inc(tokens)
-    data = [
-        {"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)} for i, v in enumerate(vectors)
-    ]
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": data,
-            "model": req.model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-    )
+    data = [Embedding(index=i, embedding=_encode(v, req.encoding_format)) for i, v in enumerate(vectors)]
+    usage = EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+    return json_response(EmbeddingList(data=data, model=req.model, usage=usage))
 
 
 def _encode(vector: torch.Tensor, encoding: str) -> list[float] | str:

@@ -1,46 +1,99 @@
-"""/v1/rerank (Cohere/Jina shape)."""
+"""/v1/rerank (Cohere v1, Jina), /v2/rerank (Cohere v2) and /rerank (TEI's request, or Cohere
+v1's): one scoring path, three answer shapes."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from llmi.errors import BadRequest
-from llmi.protocol.rerank import RerankRequest
-from llmi.web import parse_body
-from llmi_runtime.api.deps import new_id, state_of
+from llmi.protocol.common import EmbeddingUsage
+from llmi.protocol.rerank import (
+    DocumentObject,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    TeiRank,
+    TeiRerankRequest,
+    V2RerankResponse,
+    V2RerankResult,
+    is_tei,
+)
+from llmi.web import parse_json
+from llmi_runtime.api.deps import json_response, new_id, state_of
+from llmi_runtime.state import RuntimeState
 
 router = APIRouter()
-PATH = "/v1/rerank"
+V1, V2, TEI = "/v1/rerank", "/v2/rerank", "/rerank"
 
 
-@router.post(PATH)
-async def rerank(request: Request) -> JSONResponse:
-    state = state_of(request)
-    req = await parse_body(request, RerankRequest)
-    engine = state.engine_for(req.model, PATH)
-    documents = req.texts()
+async def _score(
+    state: RuntimeState, model: str, path: str, query: str, documents: list[str], instruction: str | None, raw: bool
+) -> tuple[list[float], int]:
+    engine = state.engine_for(model, path)
     limits = state.settings
     if len(documents) > limits.max_batch_inputs:
         raise BadRequest(f"At most {limits.max_batch_inputs} documents per request.", param="documents")
-    if any(len(d) > limits.max_input_chars for d in [req.query, *documents]):
+    if any(len(d) > limits.max_input_chars for d in [query, *documents, instruction or ""]):
         raise BadRequest(f"A text is longer than {limits.max_input_chars} characters.", param="documents")
-    scores, tokens = await state.worker.run(lambda: engine.score(req.query, documents, req.instruction))
-    order = sorted(range(len(documents)), key=lambda i: scores[i], reverse=True)[: req.limit()]
-    results: list[dict[str, Any]] = []
-    for i in order:
-        item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
-        if req.return_documents:
-            item["document"] = {"text": documents[i]}
-        results.append(item)
-    state.metrics.prompt_tokens.labels(PATH).inc(tokens)
-    return JSONResponse(
-        {
-            "id": new_id("rerank"),
-            "model": req.model,
-            "results": results,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-    )
+    scores, tokens = await state.worker.run(lambda: engine.score(query, documents, instruction, raw))
+    state.metrics.prompt_tokens.labels(path).inc(tokens)
+    return scores, tokens
+
+
+def _ranked(scores: list[float], limit: int) -> list[int]:
+    return sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)[:limit]
+
+
+@router.post(V1, include_in_schema=False)
+async def rerank_v1(request: Request) -> Response:
+    return await _cohere(request, parse_json(await request.body(), RerankRequest), V1)
+
+
+@router.post(V2, include_in_schema=False)
+async def rerank_v2(request: Request) -> Response:
+    return await _cohere(request, parse_json(await request.body(), RerankRequest), V2)
+
+
+@router.post(TEI, include_in_schema=False)
+async def rerank_tei(request: Request) -> Response:
+    body = await request.body()
+    try:
+        decoded: Any = json.loads(body)
+    except ValueError:
+        decoded = None
+    if not (isinstance(decoded, dict) and is_tei(decoded)):
+        return await _cohere(request, parse_json(body, RerankRequest), TEI)
+    req = parse_json(body, TeiRerankRequest)
+    state = state_of(request)
+    scores, _ = await _score(state, req.model or state.name, TEI, req.query, req.texts, None, req.raw_scores)
+    ranks = [
+        TeiRank(index=i, score=scores[i], text=req.texts[i] if req.return_text else None)
+        for i in _ranked(scores, len(scores))
+    ]
+    payload = json.dumps([r.model_dump(exclude_none=True) for r in ranks])
+    return Response(payload, media_type="application/json")
+
+
+async def _cohere(request: Request, req: RerankRequest, path: str) -> Response:
+    state = state_of(request)
+    documents = req.texts()
+    scores, tokens = await _score(state, req.model, path, req.query, documents, req.instruction, False)
+    order = _ranked(scores, req.limit())
+    usage = EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+    if path == V2:
+        results = [V2RerankResult(index=i, relevance_score=scores[i]) for i in order]
+        return json_response(V2RerankResponse(id=new_id("rerank"), model=req.model, results=results, usage=usage))
+    items = [
+        RerankResult(
+            index=i,
+            relevance_score=scores[i],
+            document=DocumentObject(text=documents[i]) if req.return_documents else None,
+        )
+        for i in order
+    ]
+    answer = RerankResponse(id=new_id("rerank"), model=req.model, results=items, usage=usage)
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")

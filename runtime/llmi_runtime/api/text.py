@@ -7,12 +7,26 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
+from llmi.caps import check_token_caps, default_cap
 from llmi.errors import BadRequest, LlmiError
-from llmi.protocol.chat import ChatCompletionRequest, CompletionRequest, SamplingFields
-from llmi.web import SSE_DONE, parse_body, sse_event, unless_client_leaves
-from llmi_runtime.api.deps import new_id, now, state_of, usage
+from llmi.protocol.chat import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChunkChoice,
+    ChunkDelta,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    SamplingFields,
+)
+from llmi.protocol.common import Usage
+from llmi.web import SSE_DONE, SSE_HEADERS, parse_body, sse_event, unless_client_leaves
+from llmi_runtime.api.deps import SYSTEM_FINGERPRINT, json_response, new_id, now, state_of, usage
 from llmi_runtime.engines.sampling import Delta, SamplingParams
 from llmi_runtime.state import RuntimeState
 
@@ -24,7 +38,9 @@ log = logging.getLogger("llmi.runtime")
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 
 
-def sampling(engine: ChatEngine, req: SamplingFields, limit: int, prompt_len: int, default_max: int) -> SamplingParams:
+def sampling(
+    engine: ChatEngine, req: SamplingFields, limit: int, prompt_len: int, default_max: int | None
+) -> SamplingParams:
     defaults = engine.defaults()
     return SamplingParams(
         max_tokens=engine.token_budget(prompt_len, limit if limit else None, default_max),
@@ -39,30 +55,32 @@ def sampling(engine: ChatEngine, req: SamplingFields, limit: int, prompt_len: in
     )
 
 
-@router.post(CHAT)
+@router.post(CHAT, include_in_schema=False)
 async def chat_completions(request: Request) -> Response:
     state = state_of(request)
     req = await parse_body(request, ChatCompletionRequest)
+    check_token_caps(req, state.settings)
     engine: ChatEngine = state.engine_for(req.model, CHAT)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
     prompt = await state.worker.run(lambda: engine.chat_prompt(messages))
-    params = sampling(engine, req, req.token_limit() or 0, len(prompt), state.settings.default_max_tokens)
+    params = sampling(engine, req, req.token_limit() or 0, len(prompt), default_cap(state.settings))
     cid, created = new_id("chatcmpl"), now()
 
-    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-        body = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": req.model,
-            "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-        if include_usage:
-            body["usage"] = None
-        return body
-
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    def chunk(delta: ChunkDelta, finish: str | None) -> dict[str, Any]:
+        event = ChatCompletionChunk(
+            id=cid,
+            created=created,
+            model=req.model,
+            system_fingerprint=SYSTEM_FINGERPRINT,
+            choices=[ChunkChoice(delta=delta, finish_reason=finish)],  # type: ignore[arg-type]
+        ).model_dump()
+        event["choices"][0]["delta"] = delta.model_dump(exclude_none=True)  # OpenAI leaves unset fields out
+        if not include_usage:
+            del event["usage"]
+        return event
+
     if req.stream:
         return _sse(
             _stream_events(
@@ -70,38 +88,32 @@ async def chat_completions(request: Request) -> Response:
                 prompt,
                 params,
                 include_usage,
-                first=lambda: chunk({"role": "assistant", "content": ""}, None),
-                piece=lambda d: chunk({"content": d.text}, None) if d.text else None,
-                last=lambda d: chunk({}, d.finish_reason),
-                usage_chunk=lambda u: {**chunk({}, None), "choices": [], "usage": u},
+                first=lambda: chunk(ChunkDelta(role="assistant", content=""), None),
+                piece=lambda d: chunk(ChunkDelta(content=d.text), None) if d.text else None,
+                last=lambda d: chunk(ChunkDelta(), d.finish_reason),
+                usage_chunk=lambda u: {**chunk(ChunkDelta(), None), "choices": [], "usage": u},
             )
         )
-    text, last = await unless_client_leaves(request, _collect(state, prompt, params))
+    text, last = await unless_client_leaves(request.receive, _collect(state, prompt, params))
     state.metrics.prompt_tokens.labels(CHAT).inc(len(prompt))
-    return JSONResponse(
-        {
-            "id": cid,
-            "object": "chat.completion",
-            "created": created,
-            "model": req.model,
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": last.finish_reason,
-                }
-            ],
-            "usage": usage(len(prompt), last.completion_tokens),
-        }
+    answer = ChatCompletion(
+        id=cid,
+        created=created,
+        model=req.model,
+        system_fingerprint=SYSTEM_FINGERPRINT,
+        choices=[
+            ChatChoice(index=0, message=AssistantMessage(content=text), finish_reason=last.finish_reason)  # type: ignore[arg-type]
+        ],
+        usage=Usage(**usage(len(prompt), last.completion_tokens)),
     )
+    return json_response(answer)
 
 
-@router.post(COMPLETIONS)
+@router.post(COMPLETIONS, include_in_schema=False)
 async def completions(request: Request) -> Response:
     state = state_of(request)
     req = await parse_body(request, CompletionRequest)
+    check_token_caps(req, state.settings)
     engine: ChatEngine = state.engine_for(req.model, COMPLETIONS)
     prompts: list[Any] = (
         [req.prompt] if isinstance(req.prompt, str) or isinstance(req.prompt[0], int) else list(req.prompt)
@@ -110,23 +122,23 @@ async def completions(request: Request) -> Response:
         # One stream per request keeps the event order simple for clients; batch without streaming.
         raise BadRequest("Streaming is supported for one prompt at a time.", param="prompt")
     ids = [await state.worker.run(lambda p=p: engine.text_prompt(p)) for p in prompts]
-    params = [sampling(engine, req, req.token_limit(), len(i), state.settings.default_max_tokens) for i in ids]
+    params = [sampling(engine, req, req.token_limit(), len(i), default_cap(state.settings)) for i in ids]
     cid, created = new_id("cmpl"), now()
 
-    def chunk(text: str, finish: str | None) -> dict[str, Any]:
-        body = {
-            "id": cid,
-            "object": "text_completion",
-            "created": created,
-            "model": req.model,
-            "system_fingerprint": None,
-            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
-        }
-        if include_usage:
-            body["usage"] = None
-        return body
-
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    def chunk(text: str, finish: str | None) -> dict[str, Any]:
+        event = Completion(
+            id=cid,
+            created=created,
+            model=req.model,
+            system_fingerprint=SYSTEM_FINGERPRINT,
+            choices=[CompletionChoice(text=text, index=0, finish_reason=finish)],  # type: ignore[arg-type]
+        ).model_dump()
+        if not include_usage:
+            del event["usage"]
+        return event
+
     if req.stream:
         return _sse(
             _stream_events(
@@ -142,22 +154,20 @@ async def completions(request: Request) -> Response:
         )
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for index, (prompt_ids, p) in enumerate(zip(ids, params, strict=True)):
-        text, last = await unless_client_leaves(request, _collect(state, prompt_ids, p))
-        choices.append({"text": text, "index": index, "logprobs": None, "finish_reason": last.finish_reason})
+        text, last = await unless_client_leaves(request.receive, _collect(state, prompt_ids, p))
+        choices.append(CompletionChoice(text=text, index=index, finish_reason=last.finish_reason))  # type: ignore[arg-type]
         prompt_tokens += len(prompt_ids)
         completion_tokens += last.completion_tokens
     state.metrics.prompt_tokens.labels(COMPLETIONS).inc(prompt_tokens)
-    return JSONResponse(
-        {
-            "id": cid,
-            "object": "text_completion",
-            "created": created,
-            "model": req.model,
-            "system_fingerprint": None,
-            "choices": choices,
-            "usage": usage(prompt_tokens, completion_tokens),
-        }
+    answer = Completion(
+        id=cid,
+        created=created,
+        model=req.model,
+        system_fingerprint=SYSTEM_FINGERPRINT,
+        choices=choices,
+        usage=Usage(**usage(prompt_tokens, completion_tokens)),
     )
+    return json_response(answer)
 
 
 async def _collect(state: RuntimeState, prompt: list[int], params: SamplingParams) -> tuple[str, Delta]:
@@ -212,8 +222,4 @@ async def _stream_events(
 
 
 def _sse(events: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)

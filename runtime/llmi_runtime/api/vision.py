@@ -12,18 +12,22 @@ from collections.abc import Sequence
 
 import torch
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from PIL import Image
 
 from llmi.errors import BadRequest
 from llmi.protocol.vision import (
     MultimodalEncodeRequest,
+    MultimodalEncodeResponse,
     MultimodalMatchRequest,
+    MultimodalMatchResponse,
     VisionEncodeRequest,
+    VisionEncodeResponse,
     VisionSimilarityRequest,
+    VisionSimilarityResponse,
 )
 from llmi.web import parse_body
-from llmi_runtime.api.deps import state_of
+from llmi_runtime.api.deps import json_response, state_of
 from llmi_runtime.images import decode_image
 from llmi_runtime.state import RuntimeState
 
@@ -73,25 +77,22 @@ def _rows(t: torch.Tensor, normalize: bool = False) -> list[list[float]]:
     return (torch.nn.functional.normalize(t, dim=-1) if normalize else t).tolist()
 
 
-@router.post(ENCODE)
-async def vision_encode(request: Request) -> JSONResponse:
+@router.post(ENCODE, include_in_schema=False)
+async def vision_encode(request: Request) -> Response:
     state = state_of(request)
     req = await parse_body(request, VisionEncodeRequest)
     engine = state.engine_for(req.model, ENCODE)
     images = await _images(state, req.images, "images")
     features = await state.worker.run(lambda: engine.encode_images(images))
-    return JSONResponse(
-        {
-            "object": "list",
-            "model": req.model,
-            "embeddings": _rows(features, req.normalize),
-            "dimensions": int(features.shape[1]),
-        }
+    return json_response(
+        VisionEncodeResponse(
+            model=req.model, embeddings=_rows(features, req.normalize), dimensions=int(features.shape[1])
+        )
     )
 
 
-@router.post(SIMILARITY)
-async def vision_similarity(request: Request) -> JSONResponse:
+@router.post(SIMILARITY, include_in_schema=False)
+async def vision_similarity(request: Request) -> Response:
     state = state_of(request)
     req = await parse_body(request, VisionSimilarityRequest)
     engine = state.engine_for(req.model, SIMILARITY)
@@ -99,20 +100,20 @@ async def vision_similarity(request: Request) -> JSONResponse:
     second = await _images(state, [req.image2], "image2", indexed=False)
     features = await state.worker.run(lambda: engine.encode_images(first + second))
     cosine = float(torch.nn.functional.cosine_similarity(features[0:1], features[1:2]).clamp(-1, 1))
-    return JSONResponse(
-        {
-            "model": req.model,
-            "similarity": (1.0 + cosine) / 2.0,
-            "cosine_similarity": cosine,
-            "image1_features": features[0].tolist(),
-            "image2_features": features[1].tolist(),
-            "dimensions": int(features.shape[1]),
-        }
+    return json_response(
+        VisionSimilarityResponse(
+            model=req.model,
+            similarity=(1.0 + cosine) / 2.0,
+            cosine_similarity=cosine,
+            image1_features=features[0].tolist(),
+            image2_features=features[1].tolist(),
+            dimensions=int(features.shape[1]),
+        )
     )
 
 
-@router.post(MM_ENCODE)
-async def multimodal_encode(request: Request) -> JSONResponse:
+@router.post(MM_ENCODE, include_in_schema=False)
+async def multimodal_encode(request: Request) -> Response:
     state = state_of(request)
     req = await parse_body(request, MultimodalEncodeRequest)
     engine = state.engine_for(req.model, MM_ENCODE)
@@ -124,29 +125,29 @@ async def multimodal_encode(request: Request) -> JSONResponse:
 
     image_features, text_features = await state.worker.run(run)
     dims = next(int(t.shape[1]) for t in (image_features, text_features) if t is not None)
-    return JSONResponse(
-        {
-            "model": req.model,
-            "image_embeddings": [] if image_features is None else _rows(image_features, req.normalize),
-            "text_embeddings": [] if text_features is None else _rows(text_features, req.normalize),
-            "dimensions": dims,
-        }
+    return json_response(
+        MultimodalEncodeResponse(
+            model=req.model,
+            image_embeddings=[] if image_features is None else _rows(image_features, req.normalize),
+            text_embeddings=[] if text_features is None else _rows(text_features, req.normalize),
+            dimensions=dims,
+        )
     )
 
 
-@router.post(MM_MATCH)
-async def multimodal_match(request: Request) -> JSONResponse:
+@router.post(MM_MATCH, include_in_schema=False)
+async def multimodal_match(request: Request) -> Response:
     state = state_of(request)
     req = await parse_body(request, MultimodalMatchRequest)
     engine = state.engine_for(req.model, MM_MATCH)
     images = await _images(state, req.images, "images")
     texts = _texts(state, req.texts)
     result = await state.worker.run(lambda: engine.match(images, texts))
-    return JSONResponse(
-        {
-            "model": req.model,
-            "similarity_matrix": result["cosine"].tolist(),
-            "logits": result["logits"].tolist(),
-            "probabilities": result["probabilities"].tolist(),
-        }
+    return json_response(
+        MultimodalMatchResponse(
+            model=req.model,
+            similarity_matrix=result["cosine"].tolist(),
+            logits=result["logits"].tolist(),
+            probabilities=result["probabilities"].tolist(),
+        )
     )

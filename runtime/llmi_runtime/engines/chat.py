@@ -65,13 +65,16 @@ class ChatEngine:
 
     def text_prompt(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
-            return list(self.tokenizer(prompt).input_ids)
+            ids = list(self.tokenizer(prompt).input_ids)
+            if not ids:  # a tokenizer without a BOS token makes nothing of ""
+                raise BadRequest("The prompt is empty: give at least one token of text.", param="prompt")
+            return ids
         ids = list(prompt)
         if max(ids) >= self.vocab_size:
             raise BadRequest(f"Token id {max(ids)} is outside the vocabulary ({self.vocab_size}).", param="prompt")
         return ids
 
-    def token_budget(self, prompt_len: int, requested: int | None, default: int) -> int:
+    def token_budget(self, prompt_len: int, requested: int | None, default: int | None) -> int:
         """How many tokens may be generated; a request that cannot fit the context is a 400."""
         room = self.context_length - prompt_len
         if room <= 0:
@@ -81,7 +84,7 @@ class ChatEngine:
                 code="context_length_exceeded",
             )
         if requested is None:
-            return min(room, default)
+            return room if default is None else min(room, default)
         if requested > room:
             raise BadRequest(
                 f"This model's maximum context length is {self.context_length} tokens; the prompt has "

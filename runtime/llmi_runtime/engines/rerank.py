@@ -52,13 +52,19 @@ class CrossEncoderEngine:
         )
         self.num_labels = int(self.model.num_labels)
 
-    def score(self, query: str, documents: Sequence[str], instruction: str | None = None) -> tuple[list[float], int]:
+    def score(
+        self, query: str, documents: Sequence[str], instruction: str | None = None, raw: bool = False
+    ) -> tuple[list[float], int]:
+        """Relevance in [0, 1]; with ``raw``, the model's logit for "relevant" (TEI's raw_scores)."""
         pairs = [(query, d) for d in documents]
         if self.num_labels == 1:
-            scores = self.model.predict(pairs, batch_size=BATCH, activation_fn=torch.nn.Sigmoid())
+            activation = torch.nn.Identity() if raw else torch.nn.Sigmoid()
+            scores = self.model.predict(pairs, batch_size=BATCH, activation_fn=activation)
             values = [float(s) for s in scores]
         else:  # two or more labels: the last one is "relevant"
-            probs = self.model.predict(pairs, batch_size=BATCH, apply_softmax=True)
+            probs = self.model.predict(
+                pairs, batch_size=BATCH, apply_softmax=not raw, activation_fn=torch.nn.Identity() if raw else None
+            )
             values = [float(p[-1]) for p in probs]
         tokenizer = self.model.tokenizer
         counted = tokenizer(
@@ -88,7 +94,10 @@ class CausalLMRerankEngine:
         limit = getattr(self.model.config, "max_position_embeddings", None) or max_length
         self.max_length = min(max_length, int(limit))
 
-    def score(self, query: str, documents: Sequence[str], instruction: str | None = None) -> tuple[list[float], int]:
+    def score(
+        self, query: str, documents: Sequence[str], instruction: str | None = None, raw: bool = False
+    ) -> tuple[list[float], int]:
+        """softmax([no, yes]); with ``raw``, the log-odds logit(yes) - logit(no)."""
         scores: list[float] = []
         tokens = 0
         room = self.max_length - len(self.prefix) - len(self.suffix)
@@ -109,7 +118,8 @@ class CausalLMRerankEngine:
             with torch.inference_mode():
                 logits = self.model(**batch).logits[:, -1, :].float()
             pair = torch.stack([logits[:, self.no_id], logits[:, self.yes_id]], dim=1)
-            scores.extend(torch.softmax(pair, dim=1)[:, 1].cpu().tolist())
+            picked = pair[:, 1] - pair[:, 0] if raw else torch.softmax(pair, dim=1)[:, 1]
+            scores.extend(picked.cpu().tolist())
         return scores, tokens
 
     def info(self) -> dict[str, Any]:
