@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from llmi.errors import LlmiError
+from llmi.protocol.common import ErrorResponse
 from llmi.protocol.models import ModelCard
 from llmi.settings import Settings
 from llmi.web import parse_body
@@ -20,6 +21,11 @@ from llmi_router.events import EventHub, event_json
 from llmi_router.ports import ControlPlane
 
 HEARTBEAT_S = 15.0
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"description": what, "model": ErrorResponse}
+    for status, what in ((400, "Bad request"), (401, "No or a wrong API key"), (404, "Unknown model"),
+                         (501, "Not offered by this control plane"), (503, "Not ready in time"))
+}  # fmt: skip
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -73,16 +79,24 @@ def install_operations(app: FastAPI, control: ControlPlane, settings: Settings) 
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
 
-    @app.post("/v1/admin/models/{model:path}/load", summary="Load a model now", operation_id="loadModel")
+    admin: dict[str, Any] = {"tags": ["admin"], "response_model": ModelCard, "responses": ERRORS}
+
+    @app.post("/v1/admin/models/{model:path}/load", summary="Load a model now", operation_id="loadModel", **admin)
     async def load(model: str) -> JSONResponse:
         card = await _operable(control).load(model, settings.queue_timeout_s)
         return JSONResponse(card.model_dump())
 
-    @app.post("/v1/admin/models/{model:path}/unload", summary="Unload a model now", operation_id="unloadModel")
+    @app.post("/v1/admin/models/{model:path}/unload", summary="Unload a model now", operation_id="unloadModel", **admin)
     async def unload(model: str) -> JSONResponse:
         return JSONResponse((await _operable(control).unload(model)).model_dump())
 
-    @app.post("/v1/admin/models/{model:path}/pin", summary="Pin or unpin a model", operation_id="pinModel")
+    @app.post(
+        "/v1/admin/models/{model:path}/pin",
+        summary="Pin or unpin a model",
+        operation_id="pinModel",
+        openapi_extra={"requestBody": {"content": {"application/json": {"schema": PinRequest.model_json_schema()}}}},
+        **admin,
+    )
     async def pin(model: str, request: Request) -> JSONResponse:
         body = await parse_body(request, PinRequest) if await request.body() else PinRequest()
         return JSONResponse((await _operable(control).pin(model, body.pinned)).model_dump())
