@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     )
     max_queue_per_model: int = Field(256, ge=1, description="Requests waiting per model before 429.")
     load_timeout_s: float = Field(900.0, gt=0, description="Deadline for a runtime to become ready (s).")
+    warm_runtimes: bool = Field(
+        True,
+        description="Fork runtimes from a process that imported torch/transformers once (Linux), so a model "
+        "switch costs the weights' load, not a 3-7 s interpreter start; off: a fresh `llmi runtime` per model.",
+    )
     idle_timeout_s: float = Field(
         600.0, ge=0, description="Unload a model idle this long (s) when LLM_AUTO_UNLOAD_MODELS is on."
     )

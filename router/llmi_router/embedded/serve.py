@@ -13,6 +13,7 @@ from llmi.catalog.scan import Catalog, scan
 from llmi.settings import Settings
 from llmi_router.app import build_router_app, serve_app
 from llmi_router.embedded.supervisor import Supervisor
+from llmi_router.embedded.warm import WarmLauncher, default_launcher
 from llmi_router.metrics import RouterMetrics
 
 log = logging.getLogger("llmi.serve")
@@ -50,11 +51,14 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
 
     metrics = RouterMetrics()
-    supervisor = Supervisor(settings, budget, metrics)
+    launcher = default_launcher(settings.warm_runtimes)
+    supervisor = Supervisor(settings, budget, metrics, launcher=launcher)
     first = _scan(models_dir, hf_cache, settings)
     _log_catalog(first, None)
 
     async def startup() -> None:
+        if isinstance(launcher, WarmLauncher):
+            launcher.prepare()  # imports in the background; serving does not wait for it
         await supervisor.update_catalog(first)
 
     async def background() -> None:

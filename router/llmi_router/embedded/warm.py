@@ -1,0 +1,156 @@
+"""The warm launcher: runtimes forked from a fork server that has imported the libraries once, so a
+model switch costs the weights' load, not an interpreter's start (docs/embedded.md, "Warm runtimes").
+
+The fork server starts in the background and at a low CPU priority; a start that comes while it is
+still importing waits for it (that is sooner than a cold start, which imports from scratch). When it
+dies it is noticed, logged and started again with a back-off; starts meanwhile are cold ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import httpx
+
+from llmi_router.embedded.forkclient import ForkServerClient, ForkServerGone, pss_bytes
+from llmi_router.embedded.launch import Launcher
+from llmi_router.embedded.process import (
+    ProcessLauncher,
+    RuntimeHandle,
+    free_port,
+    measure,
+    runtime_argv,
+    spawn_runtime,
+    wait_ready,
+)
+
+log = logging.getLogger("llmi.supervisor")
+READY_TIMEOUT_S = 300.0
+RESTART_DELAYS_S = (1.0, 5.0, 30.0, 120.0)
+
+
+class WarmLauncher:
+    """Forks each runtime from a pre-imported fork server; cold `llmi runtime` when there is none."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self._env = dict(os.environ) if env is None else env
+        self._client = httpx.AsyncClient()
+        self._server: ForkServerClient | None = None
+        self._booting: asyncio.Task[ForkServerClient | None] | None = None
+        self._failures = 0  # boots in a row that did not reach ready; reset by a good one
+        self._closed = False
+
+    def prepare(self) -> None:
+        """Start the fork server in the background, if it is not running or starting already."""
+        if self._closed or self._booting is not None or (self._server and not self._server.gone.done()):
+            return
+        self._booting = asyncio.create_task(self._boot())
+
+    async def warm(self) -> int | None:
+        """Wait until the fork server is ready (starting it if needed): its pid, or None if it failed."""
+        self.prepare()
+        if self._booting is not None:
+            await asyncio.shield(self._booting)
+        server = self._server
+        return server.pid if server and not server.gone.done() else None
+
+    async def _boot(self) -> ForkServerClient | None:
+        delay = RESTART_DELAYS_S[min(self._failures, len(RESTART_DELAYS_S)) - 1] if self._failures else 0.0
+        await asyncio.sleep(delay)  # a back-off, not a synchronisation: a crashing server is not respawned hot
+        server: ForkServerClient | None = None
+        try:
+            server = await ForkServerClient.spawn(self._env)
+            pid = await asyncio.wait_for(asyncio.shield(server.ready), READY_TIMEOUT_S)
+        except (OSError, ForkServerGone, TimeoutError) as exc:
+            self._failures += 1
+            log.error("warm runtimes: the fork server did not start (%s); runtimes start cold", exc)
+            if server is not None:
+                await server.close(grace_s=2)
+            self._booting = None
+            if not self._closed:
+                self.prepare()
+            return None
+        except asyncio.CancelledError:
+            if server is not None:
+                await server.close(grace_s=2)
+            raise
+        log.info("warm runtimes: fork server %d ready", pid)
+        self._failures = 0
+        self._server = server
+        self._booting = None
+        server.gone.add_done_callback(lambda _: self._lost(server))
+        return server
+
+    def _lost(self, server: ForkServerClient) -> None:
+        if self._server is server:
+            self._server = None
+        if not self._closed:
+            self._failures += 1
+            log.warning("warm runtimes: fork server %d exited (%s); starting it again", server.pid, server.reason())
+            self.prepare()
+
+    async def _ready_server(self) -> ForkServerClient | None:
+        self.prepare()
+        if self._booting is not None and self._failures == 0:
+            return await asyncio.shield(self._booting)  # first boot: waiting beats a cold import
+        return self._server if self._server and not self._server.gone.done() else None
+
+    async def start(
+        self, name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, env: dict[str, str]
+    ) -> RuntimeHandle:
+        server = await self._ready_server()
+        if server is not None:
+            port = free_port()
+            argv = runtime_argv(name, path, model_type, placement, max_gpu_memory, port)
+            try:
+                return await _fork(server, name, port, argv, env)
+            except ForkServerGone as exc:
+                log.warning("warm runtimes: fork server failed to start %s (%s); starting it cold", name, exc)
+        return await spawn_runtime(name, path, model_type, placement, max_gpu_memory, env)
+
+    async def wait_ready(self, handle: RuntimeHandle, deadline_s: float) -> float:
+        return await wait_ready(handle, deadline_s, self._client)
+
+    async def measure(self, handle: RuntimeHandle) -> int | None:
+        return await measure(handle.url, self._client)
+
+    def reserved_bytes(self) -> int:
+        """The fork server's own PSS; pages its children still share with it are split between them."""
+        server = self._server
+        return pss_bytes(server.pid) if server is not None and not server.gone.done() else 0
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._booting is not None:
+            self._booting.cancel()
+            await asyncio.wait({self._booting})
+        if self._server is not None:
+            await self._server.close()
+        await self._client.aclose()
+
+
+async def _fork(server: ForkServerClient, name: str, port: int, argv: list[str], env: dict[str, str]) -> RuntimeHandle:
+    read_fd, write_fd = os.pipe()
+    try:
+        pid, exited = await server.fork(argv, env, write_fd)
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    output = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_fd, "rb", 0))
+    handle = RuntimeHandle(name, port, pid, exited)
+    handle.relay(output)
+    return handle
+
+
+def default_launcher(warm: bool) -> Launcher:
+    """The warm launcher where it can work (Linux, setting on), else the cold one."""
+    if warm and hasattr(os, "pidfd_open"):
+        return WarmLauncher()
+    return ProcessLauncher()
