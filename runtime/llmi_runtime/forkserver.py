@@ -54,21 +54,10 @@ PRELOAD = (
     "llmi_runtime.engines.vision",
     "llmi_runtime.images",
 )
-LAUNCHER_NICE = 10
 
 
 def send(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.sendall(json.dumps(message).encode())
-
-
-def lower_priority(step: int = LAUNCHER_NICE) -> None:
-    """Import and idle at a low CPU priority, so the import never slows a request being served.
-
-    With the kernel's autogroup scheduling a process's nice value only weighs within its session, so
-    the session's autogroup is lowered too (best effort)."""
-    os.nice(step)
-    with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
-        f.write(str(step))
 
 
 def preload() -> None:
@@ -159,7 +148,7 @@ def run_child(parent: int, argv: list[str], env: dict[str, str], nice: int, out_
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     die_with_parent(parent)
-    with contextlib.suppress(OSError):  # back to the router's priority (needs privileges or RLIMIT_NICE)
+    with contextlib.suppress(OSError):  # the router's priority, where we were niced (needs privileges)
         os.setpriority(os.PRIO_PROCESS, 0, nice)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -193,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(args.parent_pid)
     sock = socket.socket(fileno=args.control_fd)
     sock.set_inheritable(False)
-    lower_priority()
     preload()
     import setproctitle
 

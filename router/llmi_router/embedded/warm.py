@@ -29,6 +29,7 @@ from llmi_router.embedded.process import (
 
 log = logging.getLogger("llmi.supervisor")
 READY_TIMEOUT_S = 300.0
+BACKGROUND_NICE = 10  # the fork server's priority while nobody waits for it
 RESTART_DELAYS_S = (1.0, 5.0, 30.0, 120.0)
 
 
@@ -38,7 +39,9 @@ class WarmLauncher:
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self._env = dict(os.environ) if env is None else env
         self._client = httpx.AsyncClient()
-        self._server: ForkServerClient | None = None
+        self._server: ForkServerClient | None = None  # ready
+        self._spawning: ForkServerClient | None = None  # still importing
+        self._hurry = False  # someone waits for the boot under way: let it import at full priority
         self._booting: asyncio.Task[ForkServerClient | None] | None = None
         self._failures = 0  # boots in a row that did not reach ready; reset by a good one
         self._closed = False
@@ -50,26 +53,37 @@ class WarmLauncher:
         self._booting = asyncio.create_task(self._boot())
 
     async def warm(self) -> int | None:
-        """Wait until the fork server is ready (starting it if needed): its pid, or None if it failed."""
+        """Wait until the fork server is ready, starting it if needed, at full priority (for a caller
+        about to start runtimes): its pid, or None if it could not start."""
         self.prepare()
-        if self._booting is not None:
-            await asyncio.shield(self._booting)
-        server = self._server
-        return server.pid if server and not server.gone.done() else None
+        server = await self._wait_boot()
+        return server.pid if server else None
+
+    async def _wait_boot(self) -> ForkServerClient | None:
+        if (booting := self._booting) is not None:
+            self._hurry = True
+            if self._spawning is not None:
+                self._spawning.set_priority(0)
+            await asyncio.shield(booting)
+        return self._live()
+
+    def _live(self) -> ForkServerClient | None:
+        return self._server if self._server is not None and not self._server.gone.done() else None
 
     async def _boot(self) -> ForkServerClient | None:
         delay = RESTART_DELAYS_S[min(self._failures, len(RESTART_DELAYS_S)) - 1] if self._failures else 0.0
         await asyncio.sleep(delay)  # a back-off, not a synchronisation: a crashing server is not respawned hot
         server: ForkServerClient | None = None
         try:
-            server = await ForkServerClient.spawn(self._env)
+            server = self._spawning = await ForkServerClient.spawn(self._env)
+            server.set_priority(0 if self._hurry else BACKGROUND_NICE)
             pid = await asyncio.wait_for(asyncio.shield(server.ready), READY_TIMEOUT_S)
         except (OSError, ForkServerGone, TimeoutError) as exc:
             self._failures += 1
             log.error("warm runtimes: the fork server did not start (%s); runtimes start cold", exc)
             if server is not None:
                 await server.close(grace_s=2)
-            self._booting = None
+            self._booting, self._spawning, self._hurry = None, None, False
             if not self._closed:
                 self.prepare()
             return None
@@ -80,7 +94,7 @@ class WarmLauncher:
         log.info("warm runtimes: fork server %d ready", pid)
         self._failures = 0
         self._server = server
-        self._booting = None
+        self._booting, self._spawning, self._hurry = None, None, False
         server.gone.add_done_callback(lambda _: self._lost(server))
         return server
 
@@ -93,10 +107,10 @@ class WarmLauncher:
             self.prepare()
 
     async def _ready_server(self) -> ForkServerClient | None:
+        """The ready fork server; during the first boot wait for it (sooner than a cold import), while
+        a dead one is being replaced none (start cold meanwhile)."""
         self.prepare()
-        if self._booting is not None and self._failures == 0:
-            return await asyncio.shield(self._booting)  # first boot: waiting beats a cold import
-        return self._server if self._server and not self._server.gone.done() else None
+        return await self._wait_boot() if self._failures == 0 else self._live()
 
     async def start(
         self, name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, env: dict[str, str]
@@ -119,8 +133,8 @@ class WarmLauncher:
 
     def reserved_bytes(self) -> int:
         """The fork server's own PSS; pages its children still share with it are split between them."""
-        server = self._server
-        return pss_bytes(server.pid) if server is not None and not server.gone.done() else 0
+        server = self._live() or self._spawning
+        return pss_bytes(server.pid) if server is not None else 0
 
     async def close(self) -> None:
         self._closed = True
