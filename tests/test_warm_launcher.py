@@ -107,6 +107,19 @@ async def test_stop_escalates_to_sigkill_when_sigterm_does_nothing(
 
 
 @aio
+async def test_start_before_the_fork_server_is_ready_waits_for_it(tiny_models: dict[str, Path]) -> None:
+    launcher = WarmLauncher(runtime_env())
+    try:
+        launcher.prepare()  # as `llmi serve` does when it starts serving
+        handle = await start(launcher, tiny_models, "tiny-bert-embed", "embedding")
+        await launcher.wait_ready(handle, 120)
+        assert parent_of(handle.pid) == await launcher.warm()  # forked, not a cold start
+        await handle.stop()
+    finally:
+        await launcher.close()
+
+
+@aio
 async def test_fork_server_death_is_survived(tiny_models: dict[str, Path]) -> None:
     launcher = WarmLauncher(runtime_env())
     try:

@@ -115,8 +115,12 @@ class ForkServerClient:
             pid = await asyncio.shield(started)
         except OSError as exc:  # a broken socket: the server died under us
             raise ForkServerGone(str(exc)) from exc
+        except asyncio.CancelledError:
+            started.add_done_callback(_kill_unwanted)  # the child may still come: nobody will stop it
+            raise
         finally:
-            self._starts.pop(request_id, None)
+            if started.done():
+                self._starts.pop(request_id, None)
         return pid, self._exits[pid]
 
     async def _send(self, data: bytes, fds: list[int]) -> None:
@@ -144,10 +148,10 @@ class ForkServerClient:
             self.ready.set_result(pid)
         elif op == "started" and isinstance(pid, int):
             self._exits[pid] = asyncio.get_running_loop().create_future()
-            _resolve(self._starts.get(message.get("id")), lambda f: f.set_result(pid))  # type: ignore[arg-type]
+            _resolve(self._starts.pop(message.get("id"), None), lambda f: f.set_result(pid))  # type: ignore[arg-type]
         elif op == "error":
             error = ForkServerGone(str(message.get("message")))
-            _resolve(self._starts.get(message.get("id")), lambda f: f.set_exception(error))  # type: ignore[arg-type]
+            _resolve(self._starts.pop(message.get("id"), None), lambda f: f.set_exception(error))  # type: ignore[arg-type]
         elif op == "exited" and isinstance(pid, int) and isinstance(code := message.get("code"), int):
             _resolve(self._exits.pop(pid, None), lambda f: f.set_result(code))
 
@@ -186,6 +190,12 @@ class ForkServerClient:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
         await asyncio.wait(self._tasks, timeout=grace_s)
+
+
+def _kill_unwanted(started: asyncio.Future[int]) -> None:
+    if not started.cancelled() and started.exception() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(started.result(), signal.SIGKILL)
 
 
 def _autogroups() -> bool:

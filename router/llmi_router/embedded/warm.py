@@ -155,10 +155,14 @@ async def _fork(server: ForkServerClient, name: str, port: int, argv: list[str],
         raise
     finally:
         os.close(write_fd)
+    handle = RuntimeHandle(name, port, pid, exited)
     output = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_fd, "rb", 0))
-    handle = RuntimeHandle(name, port, pid, exited)
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_fd, "rb", 0))
+    except BaseException:
+        await handle.stop(grace_s=0)  # nobody else knows of this child
+        raise
     handle.relay(output)
     return handle
 
