@@ -38,7 +38,6 @@ from typing import Any
 
 from llmi_runtime.lifeline import die_with_parent
 
-log = logging.getLogger("llmi.runtime.launcher")
 MAX_MESSAGE = 1 << 20
 PRELOAD = (
     "torch",
