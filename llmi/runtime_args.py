@@ -33,3 +33,4 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow model folders to run their own Python code"
     )
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process dies (set by llmi serve)")

@@ -129,6 +129,11 @@ class Settings(BaseSettings):
         True, description="On a GPU, park evicted models in host memory (weights to CPU) instead of stopping them."
     )
     load_timeout_s: float = Field(900.0, gt=0, description="Deadline for a runtime to become ready (s).")
+    warm_runtimes: bool = Field(
+        True,
+        description="Fork runtimes from a process that imported torch/transformers once (Linux), so a model "
+        "switch costs the weights' load, not a 3-7 s interpreter start; off: a fresh `llmi runtime` per model.",
+    )
     idle_timeout_s: float = Field(
         600.0, ge=0, description="Unload a model idle this long (s) when LLM_AUTO_UNLOAD_MODELS is on."
     )

@@ -30,7 +30,8 @@ class ServeProcess:
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            args = [a.decode(errors="replace") for a in argv]
+            # Forked runtimes carry their arguments in one process title ("llmi runtime --model ...").
+            args = [word for a in argv for word in a.decode(errors="replace").split(" ")]
             ours = "runtime" in args and any(a.startswith(str(self.models_dir)) for a in args)
             named = model is None or ("--name" in args and args[args.index("--name") + 1] == model)
             if ours and named:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -106,3 +107,15 @@ def start_runtime(
 
 def wait_ready(runtime: RuntimeProcess, deadline_s: float = READY_DEADLINE_S) -> None:
     poll_ready(runtime.url, runtime.proc, runtime.log, deadline_s)
+
+
+def wait_gone(pid: int, deadline_s: float = 60) -> bool:
+    """True once ``pid`` has exited (its pidfd turns readable), False if it is still alive after the deadline."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], deadline_s)[0])
+    finally:
+        os.close(pidfd)

@@ -14,12 +14,14 @@ from llmi.modeltypes import ModelType
 from llmi.settings import Settings
 from llmi_runtime.app import build_app
 from llmi_runtime.engines.base import LoadOptions
+from llmi_runtime.lifeline import die_with_parent
 from llmi_runtime.state import RuntimeState
 
 EXIT_LOAD_FAILED = 3
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    die_with_parent(args.parent_pid)
     log = logging.getLogger("llmi.runtime")
     folder: Path = args.model.expanduser().resolve()
     if not folder.is_dir():

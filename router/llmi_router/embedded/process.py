@@ -1,14 +1,15 @@
 """Runtime child processes: spawn on a loopback port, wait for readiness, stop cleanly.
 
-Each runtime runs in its own process group and is told to die with its parent (Linux), so
-neither a crash nor a SIGKILL of `llmi serve` leaves model processes behind.
+Each runtime runs in its own process group and tells the kernel to kill it when its parent dies
+(``llmi_runtime.lifeline``, called by the runtime itself), so neither a crash nor a SIGKILL of
+`llmi serve` leaves model processes behind. The handle, the output relay and the readiness poll
+here serve the cold launcher below and the warm one (``warm.py``) alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -37,23 +38,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def runtime_argv(
+    name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, port: int
+) -> list[str]:
+    """The arguments of `llmi runtime` for one model, whichever launcher starts it."""
+    argv = ["--model", str(path), "--name", name, "--type", model_type]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--placement", placement]
+    if max_gpu_memory:
+        argv += ["--max-gpu-memory", str(max_gpu_memory)]
+    return argv
 
 
 @dataclass
 class RuntimeHandle:
+    """A started runtime: its process group leader, its output and a future of its exit code."""
+
     name: str
     port: int
-    proc: asyncio.subprocess.Process
+    pid: int
+    exited: asyncio.Future[int]
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
     reader: asyncio.Task[None] | None = None
-    exited: asyncio.Task[int] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def relay(self, output: asyncio.StreamReader) -> None:
+        self.reader = asyncio.create_task(_relay(self, output))
 
     def reason(self) -> str:
         """The last meaningful line the runtime printed, for error messages."""
@@ -63,43 +75,51 @@ class RuntimeHandle:
         return self.tail[-1].strip()[-500:] if self.tail else "no output"
 
     async def stop(self, grace_s: float = 10.0) -> int:
-        """SIGTERM the process group, SIGKILL after the grace period, reap. Idempotent."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
+        """SIGTERM the process group, SIGKILL after the grace period, wait for the exit. Idempotent."""
+        if not self.exited.done():
+            _killpg(self.pid, signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.proc.wait(), grace_s)
+                await asyncio.wait_for(asyncio.shield(self.exited), grace_s)
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                await self.proc.wait()
+                _killpg(self.pid, signal.SIGKILL)
+                await asyncio.shield(self.exited)
         else:
             # The runtime is gone; make sure nothing it started survives it.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            _killpg(self.pid, signal.SIGKILL)
         if self.reader is not None:
             await asyncio.wait({self.reader}, timeout=2)
-        return int(self.proc.returncode or 0)
+        return self.exited.result()
 
 
-def runtime_command(
-    name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, port: int
-) -> list[str]:
-    """``llmi runtime`` for one model on a loopback port."""
-    cmd = [sys.executable, "-m", "llmi.cli", "runtime", "--model", str(path), "--name", name, "--type", model_type]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--placement", placement]
-    if max_gpu_memory:
-        cmd += ["--max-gpu-memory", str(max_gpu_memory)]
-    return cmd
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def _relay(handle: RuntimeHandle, output: asyncio.StreamReader) -> None:
+    """Forward the runtime's output to our log, keeping the tail for error messages."""
+    child = logging.getLogger(f"llmi.runtime.{handle.name}")
+    async for raw in output:
+        line = raw.decode(errors="replace").rstrip()
+        if line:
+            handle.tail.append(line)
+            child.info("%s", line)
 
 
 async def spawn_runtime(
     name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, env: dict[str, str]
 ) -> RuntimeHandle:
+    """A fresh `llmi runtime` interpreter (the cold start: it imports torch itself)."""
     port = free_port()
-    return await spawn_process(
-        name, runtime_command(name, path, model_type, placement, max_gpu_memory, port), port, env
-    )
+    argv = runtime_argv(name, path, model_type, placement, max_gpu_memory, port)
+    cmd = [sys.executable, "-m", "llmi.cli", "runtime", *argv, "--parent-pid", str(os.getpid())]
+    return await spawn_process(name, cmd, port, env)
+
+
+def with_lifeline(cmd: list[str]) -> list[str]:
+    """``cmd`` started through the runtime's lifeline, for servers that cannot set it themselves
+    (vLLM): it sets PR_SET_PDEATHSIG, then execs ``cmd``, which keeps it."""
+    return [sys.executable, "-m", "llmi_runtime.lifeline", str(os.getpid()), *cmd]
 
 
 async def spawn_process(name: str, cmd: list[str], port: int, env: dict[str, str]) -> RuntimeHandle:
@@ -111,23 +131,11 @@ async def spawn_process(name: str, cmd: list[str], port: int, env: dict[str, str
         stderr=asyncio.subprocess.STDOUT,
         env=env,
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
-    handle = RuntimeHandle(name, port, proc)
-    handle.reader = asyncio.create_task(_relay(handle))
-    handle.exited = asyncio.create_task(proc.wait())
+    handle = RuntimeHandle(name, port, proc.pid, asyncio.ensure_future(proc.wait()))
+    assert proc.stdout is not None
+    handle.relay(proc.stdout)
     return handle
-
-
-async def _relay(handle: RuntimeHandle) -> None:
-    """Forward the runtime's output to our log, keeping the tail for error messages."""
-    assert handle.proc.stdout is not None
-    child = logging.getLogger(f"llmi.runtime.{handle.name}")
-    async for raw in handle.proc.stdout:
-        line = raw.decode(errors="replace").rstrip()
-        if line:
-            handle.tail.append(line)
-            child.info("%s", line)
 
 
 async def wait_ready(
@@ -135,11 +143,11 @@ async def wait_ready(
 ) -> float:
     """Poll ``path`` until 200; fail early when the process exits. Returns seconds taken."""
     t0 = time.monotonic()
-    delay = 0.05
+    delay = 0.02
     while True:
-        if handle.proc.returncode is not None:
+        if handle.exited.done():
             await asyncio.wait({handle.reader} if handle.reader else set(), timeout=2)
-            code = handle.proc.returncode
+            code = handle.exited.result()
             what = "could not load the model" if code == EXIT_LOAD_FAILED else f"exited with code {code}"
             raise StartFailed(f"runtime {what}: {handle.reason()}")
         with contextlib.suppress(httpx.TransportError):
@@ -148,9 +156,8 @@ async def wait_ready(
         if time.monotonic() - t0 > deadline_s:
             raise StartFailed(f"runtime was not ready after {deadline_s:.0f}s")
         # Wait for the process to exit or the next poll, whichever is first.
-        assert handle.exited is not None
         await asyncio.wait({handle.exited}, timeout=delay)
-        delay = min(delay * 1.5, 0.5)
+        delay = min(delay * 1.5, 0.2)
 
 
 async def measure(url: str, client: httpx.AsyncClient) -> int | None:
@@ -178,7 +185,7 @@ async def wake(url: str, client: httpx.AsyncClient) -> None:
 
 
 class ProcessLauncher:
-    """Starts real `llmi runtime` processes (the supervisor's default launcher)."""
+    """Starts a fresh `llmi runtime` interpreter per model (the fallback when runtimes are not warm)."""
 
     def __init__(self) -> None:
         self._client = httpx.AsyncClient()

@@ -16,6 +16,7 @@ from llmi.settings import Settings
 from llmi_router.app import build_router_app, serve_app
 from llmi_router.embedded.supervisor import Supervisor
 from llmi_router.embedded.vllm import VllmLauncher, vllm_command
+from llmi_router.embedded.warm import WarmLauncher, default_launcher
 from llmi_router.metrics import RouterMetrics
 
 log = logging.getLogger("llmi.serve")
@@ -55,10 +56,12 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     metrics = RouterMetrics()
     command = vllm_command(settings) if budget.gpu else None
     gpu_total = int(args.gpu_memory_gb * 2**30) if args.gpu_memory_gb else hardware.gpu_memory_bytes()
+    launcher = default_launcher(settings.warm_runtimes)
     supervisor = Supervisor(
         settings,
         budget,
         metrics,
+        launcher=launcher,
         host_budget_bytes=host_budget_bytes(settings),
         vllm_launcher=VllmLauncher(settings, command, gpu_total) if command else None,
         measured_store=store_path(settings),
@@ -67,6 +70,8 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     _log_catalog(first, None)
 
     async def startup() -> None:
+        if isinstance(launcher, WarmLauncher):
+            launcher.prepare()  # imports in the background; serving does not wait for it
         await supervisor.update_catalog(first)
 
     async def background() -> None:

@@ -319,7 +319,8 @@ class Supervisor:
             event, ack = self._inbox.popleft()
             spawned: list[asyncio.Task[Any]] = []
             try:
-                self.config = replace(self.config, reserved_bytes=self._reserved())
+                if not isinstance(event, s.Want | s.Release | s.Cancel):  # not on the hot path: it reads /proc
+                    self.config = replace(self.config, reserved_bytes=self._reserved())
                 self.world, effects = step(self.world, event, self.clock(), self.config)
                 spawned = [t for t in (self._do(effect) for effect in effects) if t is not None]
                 self._publish()

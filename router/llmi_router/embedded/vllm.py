@@ -18,7 +18,7 @@ import httpx
 from llmi.settings import Settings
 from llmi.vllm import SLEEP_ENV, VllmLaunch, detect_quantization, vllm_args
 from llmi_router.embedded.launch import RuntimeSpec
-from llmi_router.embedded.process import RuntimeHandle, free_port, spawn_process, wait_ready
+from llmi_router.embedded.process import RuntimeHandle, free_port, spawn_process, wait_ready, with_lifeline
 
 
 def vllm_command(settings: Settings) -> list[str] | None:
@@ -61,7 +61,7 @@ class VllmLauncher:
 
     async def start(self, spec: RuntimeSpec) -> RuntimeHandle:
         port = free_port()
-        cmd = [*self.command, "serve", *vllm_args(self.launch(spec, port))]
+        cmd = with_lifeline([*self.command, "serve", *vllm_args(self.launch(spec, port))])
         env = {**spec.env, **(SLEEP_ENV if self.settings.park_models else {})}
         return await spawn_process(spec.name, cmd, port, env)
 

@@ -1,0 +1,181 @@
+"""The warm launcher: runtimes forked from a fork server that has imported the libraries once, so a
+model switch costs the weights' load, not an interpreter's start (docs/embedded.md, "Warm runtimes").
+
+The fork server starts in the background and at a low CPU priority; a start that comes while it is
+still importing waits for it (that is sooner than a cold start, which imports from scratch). When it
+dies it is noticed, logged and started again with a back-off; starts meanwhile are cold ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import httpx
+
+from llmi_router.embedded.forkclient import ForkServerClient, ForkServerGone, pss_bytes
+from llmi_router.embedded.launch import Launcher, RuntimeSpec
+from llmi_router.embedded.process import (
+    ProcessLauncher,
+    RuntimeHandle,
+    free_port,
+    measure,
+    park,
+    runtime_argv,
+    spawn_runtime,
+    wait_ready,
+    wake,
+)
+
+log = logging.getLogger("llmi.supervisor")
+READY_TIMEOUT_S = 300.0
+BACKGROUND_NICE = 10  # the fork server's priority while nobody waits for it
+RESTART_DELAYS_S = (1.0, 5.0, 30.0, 120.0)
+
+
+class WarmLauncher:
+    """Forks each runtime from a pre-imported fork server; cold `llmi runtime` when there is none."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self._env = dict(os.environ) if env is None else env
+        self._client = httpx.AsyncClient()
+        self._server: ForkServerClient | None = None  # ready
+        self._spawning: ForkServerClient | None = None  # still importing
+        self._hurry = False  # someone waits for the boot under way: let it import at full priority
+        self._booting: asyncio.Task[ForkServerClient | None] | None = None
+        self._failures = 0  # boots in a row that did not reach ready; reset by a good one
+        self._closed = False
+
+    def prepare(self) -> None:
+        """Start the fork server in the background, if it is not running or starting already."""
+        if self._closed or self._booting is not None or (self._server and not self._server.gone.done()):
+            return
+        self._booting = asyncio.create_task(self._boot())
+
+    async def warm(self) -> int | None:
+        """Wait until the fork server is ready, starting it if needed, at full priority (for a caller
+        about to start runtimes): its pid, or None if it could not start."""
+        self.prepare()
+        server = await self._wait_boot()
+        return server.pid if server else None
+
+    async def _wait_boot(self) -> ForkServerClient | None:
+        if (booting := self._booting) is not None:
+            self._hurry = True
+            if self._spawning is not None:
+                self._spawning.set_priority(0)
+            await asyncio.shield(booting)
+        return self._live()
+
+    def _live(self) -> ForkServerClient | None:
+        return self._server if self._server is not None and not self._server.gone.done() else None
+
+    async def _boot(self) -> ForkServerClient | None:
+        delay = RESTART_DELAYS_S[min(self._failures, len(RESTART_DELAYS_S)) - 1] if self._failures else 0.0
+        await asyncio.sleep(delay)  # a back-off, not a synchronisation: a crashing server is not respawned hot
+        server: ForkServerClient | None = None
+        try:
+            server = self._spawning = await ForkServerClient.spawn(self._env)
+            server.set_priority(0 if self._hurry else BACKGROUND_NICE)
+            pid = await asyncio.wait_for(asyncio.shield(server.ready), READY_TIMEOUT_S)
+        except (OSError, ForkServerGone, TimeoutError) as exc:
+            self._failures += 1
+            log.error("warm runtimes: the fork server did not start (%s); runtimes start cold", exc)
+            if server is not None:
+                await server.close(grace_s=2)
+            self._booting, self._spawning, self._hurry = None, None, False
+            if not self._closed:
+                self.prepare()
+            return None
+        except asyncio.CancelledError:
+            if server is not None:
+                await server.close(grace_s=2)
+            raise
+        log.info("warm runtimes: fork server %d ready", pid)
+        self._failures = 0
+        self._server = server
+        self._booting, self._spawning, self._hurry = None, None, False
+        server.gone.add_done_callback(lambda _: self._lost(server))
+        return server
+
+    def _lost(self, server: ForkServerClient) -> None:
+        if self._server is server:
+            self._server = None
+        if not self._closed:
+            self._failures += 1
+            log.warning("warm runtimes: fork server %d exited (%s); starting it again", server.pid, server.reason())
+            self.prepare()
+
+    async def _ready_server(self) -> ForkServerClient | None:
+        """The ready fork server; during the first boot wait for it (sooner than a cold import), while
+        a dead one is being replaced none (start cold meanwhile)."""
+        self.prepare()
+        return await self._wait_boot() if self._failures == 0 else self._live()
+
+    async def start(self, spec: RuntimeSpec) -> RuntimeHandle:
+        name, env = spec.name, dict(spec.env)
+        args = (spec.path, spec.model_type, spec.placement, spec.max_gpu_memory)
+        server = await self._ready_server()
+        if server is not None:
+            port = free_port()
+            argv = runtime_argv(name, *args, port)
+            try:
+                return await _fork(server, name, port, argv, env)
+            except ForkServerGone as exc:
+                log.warning("warm runtimes: fork server failed to start %s (%s); starting it cold", name, exc)
+        return await spawn_runtime(name, *args, env)
+
+    async def wait_ready(self, handle: RuntimeHandle, deadline_s: float) -> float:
+        return await wait_ready(handle, deadline_s, self._client)
+
+    async def measure(self, handle: RuntimeHandle) -> int | None:
+        return await measure(handle.url, self._client)
+
+    async def park(self, handle: RuntimeHandle) -> int | None:
+        return await park(handle.url, self._client)
+
+    async def wake(self, handle: RuntimeHandle) -> None:
+        await wake(handle.url, self._client)
+
+    def reserved_bytes(self) -> int:
+        """The fork server's own PSS; pages its children still share with it are split between them."""
+        server = self._live() or self._spawning
+        return pss_bytes(server.pid) if server is not None else 0
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._booting is not None:
+            self._booting.cancel()
+            await asyncio.wait({self._booting})
+        if self._server is not None:
+            await self._server.close()
+        await self._client.aclose()
+
+
+async def _fork(server: ForkServerClient, name: str, port: int, argv: list[str], env: dict[str, str]) -> RuntimeHandle:
+    read_fd, write_fd = os.pipe()
+    try:
+        pid, exited = await server.fork(argv, env, write_fd)
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    handle = RuntimeHandle(name, port, pid, exited)
+    output = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_fd, "rb", 0))
+    except BaseException:
+        await handle.stop(grace_s=0)  # nobody else knows of this child
+        raise
+    handle.relay(output)
+    return handle
+
+
+def default_launcher(warm: bool) -> Launcher:
+    """The warm launcher where it can work (Linux, setting on), else the cold one."""
+    if warm and hasattr(os, "pidfd_open"):
+        return WarmLauncher()
+    return ProcessLauncher()

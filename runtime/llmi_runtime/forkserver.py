@@ -1,0 +1,193 @@
+"""The warm launcher's fork server: import the runtime's libraries once, fork one runtime per model.
+
+A fresh `llmi runtime` spends 3-7 s importing torch and transformers before loading weights that
+take 0.1-0.6 s. This process pays the import once; each child it forks starts with every module
+loaded and runs the normal runtime code with the usual arguments.
+
+It talks to `llmi serve` over one ``SOCK_SEQPACKET`` socket (a socketpair end inherited as
+``--control-fd``), one JSON object per message:
+
+- to the router: ``{"op": "ready", "pid"}`` once imported; ``{"op": "started", "id", "pid"}`` or
+  ``{"op": "error", "id", "message"}`` per start; ``{"op": "exited", "pid", "code"}`` when a child
+  is reaped (``code`` negative for a signal, as asyncio reports it) — the router is not the
+  children's parent, so it cannot wait for them itself.
+- from the router: ``{"op": "start", "id", "argv", "env", "nice"}`` with the write end of the
+  child's output pipe attached (``socket.send_fds``).
+
+Forking is safe here because no other thread exists at the fork: the parent never touches
+``torch.cuda`` or runs a torch op (so no CUDA context, no OpenMP pool), has no Python threads
+(checked before serving), and the two idle OS threads that ``import numpy`` / ``scipy`` start are
+OpenBLAS pools that OpenBLAS itself shuts down around ``fork`` (its ``pthread_atfork`` handler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import traceback
+from typing import Any
+
+from llmi_runtime.lifeline import die_with_parent
+
+MAX_MESSAGE = 1 << 20
+PRELOAD = (
+    "torch",
+    "transformers",
+    "sentence_transformers",
+    "fastapi",
+    "uvicorn",
+    "llmi.cli",
+    "llmi_runtime.server",
+    "llmi_runtime.engines.chat",
+    "llmi_runtime.engines.embedding",
+    "llmi_runtime.engines.rerank",
+    "llmi_runtime.engines.vision",
+    "llmi_runtime.images",
+)
+
+
+def send(sock: socket.socket, message: dict[str, Any]) -> None:
+    sock.sendall(json.dumps(message).encode())
+
+
+def preload() -> None:
+    """Import everything a runtime needs, without running a single torch op."""
+    for name in PRELOAD:
+        importlib.import_module(name)
+    if threading.active_count() != 1:
+        raise RuntimeError(f"threads exist before forking: {[t.name for t in threading.enumerate()]}")
+
+
+class ForkServer:
+    """Owns the control socket and the children: forks on request, reaps through pidfds."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.selector = selectors.DefaultSelector()
+        self.children: dict[int, int] = {}  # pidfd -> pid
+        self.selector.register(sock, selectors.EVENT_READ)
+
+    def serve(self) -> None:
+        send(self.sock, {"op": "ready", "pid": os.getpid()})
+        while True:
+            for key, _ in self.selector.select():
+                if key.fileobj is self.sock:
+                    if not self._request():
+                        return  # the router closed its end (or died): our children die with us
+                else:
+                    self._reap(key.fd)
+
+    def _request(self) -> bool:
+        data, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 1)
+        if not data:
+            return False
+        message = json.loads(data)
+        if message.get("op") != "start" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            send(self.sock, {"op": "error", "id": message.get("id"), "message": "bad request"})
+            return True
+        try:
+            pid = self._fork(message, fds[0])
+        except OSError as exc:
+            send(self.sock, {"op": "error", "id": message["id"], "message": f"fork failed: {exc}"})
+            return True
+        finally:
+            os.close(fds[0])
+        pidfd = os.pidfd_open(pid)
+        self.children[pidfd] = pid
+        self.selector.register(pidfd, selectors.EVENT_READ)
+        send(self.sock, {"op": "started", "id": message["id"], "pid": pid})
+        return True
+
+    def _reap(self, pidfd: int) -> None:
+        pid = self.children.pop(pidfd)
+        self.selector.unregister(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        send(self.sock, {"op": "exited", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+
+    def _fork(self, message: dict[str, Any], out_fd: int) -> int:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 1
+        try:
+            # Nothing of the server survives in the child: its socket, selector and pidfds.
+            self.selector.close()
+            for fd in self.children:
+                os.close(fd)
+            self.sock.close()
+            code = run_child(parent, message["argv"], message["env"], int(message.get("nice", 0)), out_fd)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+
+
+def run_child(parent: int, argv: list[str], env: dict[str, str], nice: int, out_fd: int) -> int:
+    """In the forked child: become a normal `llmi runtime ARGV` process, then run it."""
+    os.setsid()  # its own process group, so a stop reaches everything it starts
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    die_with_parent(parent)
+    with contextlib.suppress(OSError):  # the router's priority, where we were niced (needs privileges)
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(out_fd, 1)
+    os.dup2(out_fd, 2)
+    os.environ.clear()
+    os.environ.update(env)  # before anything reads it: CUDA_VISIBLE_DEVICES, LLM_* settings
+    import setproctitle
+    import torch
+
+    setproctitle.setproctitle(" ".join(["llmi", "runtime", *argv]))
+    threads = env.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))
+    logging.root.handlers.clear()  # llmi.cli configures logging for this process afresh
+    from llmi.cli import main
+
+    sys.argv = ["llmi", "runtime", *argv]
+    try:
+        return main(["runtime", *argv])
+    except SystemExit as exc:  # argparse errors
+        return exc.code if isinstance(exc.code, int) else 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmi_runtime.forkserver", description=__doc__)
+    parser.add_argument("--control-fd", type=int, required=True, help="inherited SOCK_SEQPACKET socket")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process (llmi serve) dies")
+    args = parser.parse_args(argv)
+    die_with_parent(args.parent_pid)
+    sock = socket.socket(fileno=args.control_fd)
+    sock.set_inheritable(False)
+    preload()
+    import setproctitle
+
+    setproctitle.setproctitle(f"llmi runtime-launcher --parent-pid {args.parent_pid}")
+    ForkServer(sock).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
