@@ -13,6 +13,7 @@ from typing import Any
 from llmi.errors import BadRequest, ModelNotFound, Unavailable
 from llmi.modeltypes import ENDPOINTS, ModelType
 from llmi.settings import Settings
+from llmi_runtime.batching import Batching, BatchPolicy, Preparer
 from llmi_runtime.engines import load_engine
 from llmi_runtime.engines.base import LoadOptions
 from llmi_runtime.metrics import RuntimeMetrics
@@ -36,6 +37,8 @@ class RuntimeState:
     settings: Settings
     worker: ModelWorker = field(init=False)
     metrics: RuntimeMetrics = field(init=False)
+    batching: Batching = field(init=False)
+    prepare: Preparer = field(init=False)
     phase: Phase = Phase.LOADING
     engine: Any = None
     error: str | None = None
@@ -46,6 +49,9 @@ class RuntimeState:
     def __post_init__(self) -> None:
         self.worker = ModelWorker(max_streams=self.settings.max_concurrent_sequences)
         self.metrics = RuntimeMetrics(self)
+        policy = BatchPolicy(self.settings.batch_wait_ms / 1000, self.settings.max_batch_items)
+        self.batching = Batching(self.worker, policy, self.metrics.observe_batch)
+        self.prepare = Preparer()
 
     async def load(self) -> None:
         """Load on the worker thread, which then owns the model."""
@@ -63,6 +69,9 @@ class RuntimeState:
             log.error("loading %s failed: %s", self.name, self.error)
             return
         self.load_seconds = time.monotonic() - t0
+        batcher = getattr(self.engine, "batcher", None)
+        if batcher is not None:  # chat: count its batched decode steps
+            batcher.observe = lambda rows: self.metrics.observe_batch("chat", rows)
         self.phase = Phase.READY
         info = self.engine.info()
         log.info(
@@ -105,4 +114,6 @@ class RuntimeState:
         return body
 
     def close(self) -> None:
+        self.batching.close()
+        self.prepare.close()
         self.worker.close()

@@ -27,7 +27,9 @@ async def rerank(request: Request) -> JSONResponse:
         raise BadRequest(f"At most {limits.max_batch_inputs} documents per request.", param="documents")
     if any(len(d) > limits.max_input_chars for d in [req.query, *documents]):
         raise BadRequest(f"A text is longer than {limits.max_input_chars} characters.", param="documents")
-    scores, tokens = await state.worker.run(lambda: engine.score(req.query, documents, req.instruction))
+    rows = await state.prepare.run(lambda: engine.prepare(req.query, documents, req.instruction))
+    tokens = sum(len(r) for r in rows)
+    scores = await state.batching.batcher("rerank", engine.forward).submit(rows)
     order = sorted(range(len(documents)), key=lambda i: scores[i], reverse=True)[: req.limit()]
     results: list[dict[str, Any]] = []
     for i in order:

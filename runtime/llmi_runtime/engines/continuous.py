@@ -20,7 +20,7 @@ is one batched forward. All state here is touched only from the worker thread.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,8 +83,9 @@ class ContinuousBatcher:
         self._step_kwargs = step_kwargs
         self._pending: list[_Sequence] = []
         self._batches: list[_Batch] = []
-        self.steps = 0  # batched steps run, for tests and metrics
-        self.rows_decoded = 0  # sum of batch sizes over decode forwards
+        self.steps = 0  # batched steps run
+        self.largest_batch = 0  # most sequences decoded in one forward
+        self.observe: Callable[[int], None] | None = None  # told the size of each decode forward
 
     # -- one request --------------------------------------------------------------------
 
@@ -152,7 +153,9 @@ class ContinuousBatcher:
                 **self._step_kwargs,
             )
         batch.cache, batch.mask = out[self._cache_arg], mask
-        self.rows_decoded += rows
+        self.largest_batch = max(self.largest_batch, rows)
+        if self.observe is not None:
+            self.observe(rows)
         logits = out.logits[:, -1, : self.vocab_size].float()
         for i, seq in enumerate(batch.rows):
             seq.position += 1
