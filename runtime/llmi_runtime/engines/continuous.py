@@ -117,26 +117,45 @@ class ContinuousBatcher:
         running = [s for b in self._batches for s in b.rows]
         self.steps += 1
         try:
-            joining = [(seq, self._prefill(seq)) for seq in new]
+            joining = self._prefill(new)
             for batch in list(self._batches):
                 self._decode(batch)
-            for seq, cache in joining:
-                if not seq.done:
-                    self._join(seq, cache)
+            for batch in joining:
+                self._join(batch)
         except Exception as exc:  # the batch's state is unknown now: fail its members, start afresh
             for seq in [*running, *new]:
                 seq.out.append(exc)
                 seq.done = True
             self._batches = []
 
-    def _prefill(self, seq: _Sequence) -> Any:
-        cache = DynamicCache(config=self.model.config)
-        ids = torch.tensor([seq.prompt], device=self.device)
+    def _prefill(self, seqs: list[_Sequence]) -> list[_Batch]:
+        """First tokens of the newcomers: one left-padded forward for all of them where the cache
+        can be padded, else one forward each."""
+        if not seqs:
+            return []
+        if not _mergeable(DynamicCache(config=self.model.config), initialized=False):
+            return [self._prefill_batch([seq]) for seq in seqs]
+        return [self._prefill_batch(seqs)]
+
+    def _prefill_batch(self, seqs: list[_Sequence]) -> _Batch:
+        width = max(len(s.prompt) for s in seqs)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            ids[i, width - len(seq.prompt) :] = torch.tensor(seq.prompt)
+            mask[i, width - len(seq.prompt) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        padded = not bool(mask.all())
+        kwargs: dict[str, Any] = {self._cache_arg: DynamicCache(config=self.model.config), **self._step_kwargs}
+        if padded:  # rows shorter than the longest: mask their padding, count their positions from 0
+            kwargs.update(attention_mask=mask, position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0))
         with torch.inference_mode():
-            out = self.model(input_ids=ids, **{self._cache_arg: cache}, **self._step_kwargs)
-        seq.position = len(seq.prompt)
-        self._advance(seq, out.logits[0, -1, : self.vocab_size].float())
-        return out[self._cache_arg]
+            out = self.model(input_ids=ids, **kwargs)
+        logits = out.logits[:, -1, : self.vocab_size].float()
+        for i, seq in enumerate(seqs):
+            seq.position = len(seq.prompt)
+            self._advance(seq, logits[i])
+        return _Batch(out[self._cache_arg], mask, list(seqs))
 
     def _decode(self, batch: _Batch) -> None:
         rows = len(batch.rows)
@@ -185,20 +204,22 @@ class ContinuousBatcher:
 
     # -- batch membership ---------------------------------------------------------------
 
-    def _join(self, seq: _Sequence, cache: Any) -> None:
-        width = cache.get_seq_length()
-        mask = torch.ones((1, width), dtype=torch.long, device=self.device)
-        target = next((b for b in self._batches if _mergeable(b.cache) and _mergeable(cache)), None)
-        if target is None:  # the first sequence, or a cache that cannot be padded (sliding window, ...)
-            self._batches.append(_Batch(cache, mask, [seq]))
-            return
-        old = target.mask.shape[1]
-        full = max(old, width)
-        for mine, theirs in zip(target.cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([_left_pad(mine.keys, full - old), _left_pad(theirs.keys, full - width)])
-            mine.values = torch.cat([_left_pad(mine.values, full - old), _left_pad(theirs.values, full - width)])
-        target.mask = torch.cat([_left_pad(target.mask, full - old, dim=1), _left_pad(mask, full - width, dim=1)])
-        target.rows.append(seq)
+    def _join(self, new: _Batch) -> None:
+        """Newly prefilled rows into the running batch, both left-padded to one width."""
+        target = next((b for b in self._batches if _mergeable(b.cache) and _mergeable(new.cache)), None)
+        if target is None:  # the first rows, or a cache that cannot be padded (sliding window, ...)
+            target = new
+            self._batches.append(new)
+        else:
+            old, width = target.mask.shape[1], new.mask.shape[1]
+            full = max(old, width)
+            for mine, theirs in zip(target.cache.layers, new.cache.layers, strict=True):
+                mine.keys = torch.cat([_left_pad(mine.keys, full - old), _left_pad(theirs.keys, full - width)])
+                mine.values = torch.cat([_left_pad(mine.values, full - old), _left_pad(theirs.values, full - width)])
+            masks = [_left_pad(target.mask, full - old, dim=1), _left_pad(new.mask, full - width, dim=1)]
+            target.mask = torch.cat(masks)
+            target.rows.extend(new.rows)
+        self._drop(target, [s for s in new.rows if s.done])  # answered by their first token
 
     def _leave(self, seq: _Sequence) -> None:
         seq.done = True
@@ -239,10 +260,12 @@ class ContinuousBatcher:
         return _Sequence(list(prompt_ids), params, generator, counts, bias, TextTracker(self.tokenizer, params.stop))
 
 
-def _mergeable(cache: Any) -> bool:
+def _mergeable(cache: Any, initialized: bool = True) -> bool:
     """Plain full-attention layers can be left-padded and concatenated along the batch."""
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers)
+    return bool(layers) and all(
+        type(layer) is DynamicLayer and (layer.is_initialized or not initialized) for layer in layers
+    )
 
 
 def _left_pad(t: torch.Tensor, n: int, dim: int = 2) -> torch.Tensor:
