@@ -227,6 +227,16 @@ def peer(cmd: list[str], ready: str, log: Path, env: dict[str, str]) -> Any:
         stop_process(proc, grace_s=10)
 
 
+def warm_up(url: str, model: str, tries: int = 10) -> None:
+    """transformers serve answers /health before its first chat works (500s while it warms up)."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with httpx.Client(base_url=url, timeout=300) as client:
+        for _ in range(tries):
+            if client.post("/v1/chat/completions", json=body).status_code == 200:
+                return
+    raise RuntimeError(f"{url} never answered a chat request")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -300,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                     "float32",
                 ]
                 with peer(cmd, "/health", logs / "transformers-serve.log", env) as url:
+                    warm_up(url, str(folder))
                     chat["transformers serve"] = asyncio.run(
                         chat_server(url, str(folder), args.tokens, args.repeats, eos)
                     )
