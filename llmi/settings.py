@@ -101,7 +101,16 @@ class Settings(BaseSettings):
         "Retry-After, so a burst cannot queue without bound.",
     )
     max_concurrent_sequences: int = Field(
-        64, ge=1, description="Chat generations interleaved at once in one runtime; more wait in line."
+        64, ge=1, description="Chat generations batched at once in one runtime; more wait in line."
+    )
+    batch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="How long (milliseconds) an encoder request waits for others to share its batch when the "
+        "model is idle; 0 batches only what arrives while the model is busy.",
+    )
+    max_batch_items: int = Field(
+        256, ge=1, description="Most texts/images of concurrent encoder requests merged into one batch."
     )
 
     # Embedded control plane (llmi serve).

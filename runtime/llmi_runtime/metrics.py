@@ -34,7 +34,34 @@ class RuntimeMetrics:
             "llmi_runtime_prompt_tokens", "Input tokens processed.", ["endpoint"], registry=self.registry
         )
         self.completion_tokens = Counter("llmi_runtime_completion_tokens", "Tokens generated.", registry=self.registry)
+        self.batches = Counter(
+            "llmi_runtime_batches",
+            "Batched model calls, by kind (chat decode steps, encoder calls).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "llmi_runtime_batch_size",
+            "Items in one batched model call (chat: sequences; encoders: texts or images).",
+            ["kind"],
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        )
+        self.batch_requests = Histogram(
+            "llmi_runtime_batch_requests",
+            "Requests merged into one batched encoder call.",
+            ["kind"],
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
         self.registry.register(_StateCollector(state))
+
+    def observe_batch(self, kind: str, items: int, requests: int | None = None) -> None:
+        """One batched model call; thread-safe (the chat batcher calls it from the model's thread)."""
+        self.batches.labels(kind).inc()
+        self.batch_size.labels(kind).observe(items)
+        if requests is not None:
+            self.batch_requests.labels(kind).observe(requests)
 
 
 class _StateCollector(Collector):

@@ -15,6 +15,7 @@ from llmi.errors import BadRequest, ModelNotFound, Unavailable
 from llmi.modeltypes import ENDPOINTS, ModelType
 from llmi.settings import Settings
 from llmi_runtime.admission import Admission
+from llmi_runtime.batching import Batching, BatchPolicy, Preparer
 from llmi_runtime.engines import load_engine
 from llmi_runtime.engines.base import LoadOptions
 from llmi_runtime.memory import MemoryProbe, estimated_bytes, probe_for
@@ -43,6 +44,8 @@ class RuntimeState:
     probe: MemoryProbe = field(init=False)
     estimated_bytes: int | None = field(init=False)
     admission: Admission = field(init=False)
+    batching: Batching = field(init=False)
+    prepare: Preparer = field(init=False)
     phase: Phase = Phase.LOADING
     engine: Any = None
     error: str | None = None
@@ -58,6 +61,9 @@ class RuntimeState:
             self.path, self.model_type, self.settings.vllm_max_model_len, self.probe.device
         )
         self.admission = Admission(self.settings.max_requests_per_model)
+        policy = BatchPolicy(self.settings.batch_wait_ms / 1000, self.settings.max_batch_items)
+        self.batching = Batching(self.worker, policy, self.metrics.observe_batch)
+        self.prepare = Preparer()
 
     async def load(self) -> None:
         """Load on the worker thread, which then owns the model."""
@@ -78,6 +84,9 @@ class RuntimeState:
             log.error("loading %s failed: %s", self.name, self.error)
             return
         self.load_seconds = time.monotonic() - t0
+        batcher = getattr(self.engine, "batcher", None)
+        if batcher is not None:  # chat: count its batched decode steps
+            batcher.observe = lambda rows: self.metrics.observe_batch("chat", rows)
         self.phase = Phase.READY
         info = self.engine.info()
         log.info(
@@ -127,4 +136,6 @@ class RuntimeState:
         return body
 
     def close(self) -> None:
+        self.batching.close()
+        self.prepare.close()
         self.worker.close()

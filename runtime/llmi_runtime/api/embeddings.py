@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import orjson
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from llmi.errors import BadRequest
-from llmi.protocol.common import EmbeddingUsage
-from llmi.protocol.embeddings import Embedding, EmbeddingList, EmbeddingRequest
+from llmi.protocol.embeddings import EmbeddingRequest
 from llmi.web import parse_body
-from llmi_runtime.api.deps import json_response, state_of
+from llmi_runtime.api.deps import state_of
 
 if TYPE_CHECKING:
     from llmi_runtime.engines.embedding import EmbeddingEngine
@@ -35,18 +35,30 @@ async def embeddings(request: Request) -> Response:
         raise BadRequest(f"An input is longer than {limits.max_input_chars} characters.", param="input")
     if req.dimensions is not None and req.dimensions > engine.dimensions:
         raise BadRequest(f"dimensions must be at most {engine.dimensions} for this model.", param="dimensions")
-    vectors, tokens = await state.worker.run(lambda: engine.embed(inputs))
+    rows = await state.prepare.run(lambda: engine.prepare(inputs))
+    tokens = sum(len(r) for r in rows)
+    vectors = torch.stack(await state.batching.batcher("embeddings", engine.forward).submit(rows))
     if req.dimensions is not None and req.dimensions < vectors.shape[1]:
         # Matryoshka-style shortening: keep the leading components, back to unit length.
         vectors = torch.nn.functional.normalize(vectors[:, : req.dimensions], dim=-1)
     state.metrics.prompt_tokens.labels(PATH).inc(tokens)
-    data = [Embedding(index=i, embedding=_encode(v, req.encoding_format)) for i, v in enumerate(vectors)]
-    usage = EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
-    return json_response(EmbeddingList(data=data, model=req.model, usage=usage))
+    body = {
+        "object": "list",
+        "data": _data(vectors, req.encoding_format),
+        "model": req.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
-def _encode(vector: torch.Tensor, encoding: str) -> list[float] | str:
+def _data(vectors: torch.Tensor, encoding: str) -> list[dict[str, Any]]:
+    """The response's items; numpy rows go to orjson as they are (no Python floats in between)."""
+    array = vectors.to(torch.float32).contiguous().numpy()
     if encoding == "base64":
-        # OpenAI's format: little-endian float32 bytes, base64.
-        return base64.b64encode(vector.to(torch.float32).numpy().astype("<f4").tobytes()).decode()
-    return vector.tolist()
+        # OpenAI's format: little-endian float32 bytes, base64, straight from the tensor's memory.
+        array = array.astype("<f4", copy=False)
+        return [
+            {"object": "embedding", "index": i, "embedding": base64.b64encode(row).decode()}
+            for i, row in enumerate(array)
+        ]
+    return [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(array)]

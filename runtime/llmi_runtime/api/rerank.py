@@ -39,9 +39,11 @@ async def _score(
         raise BadRequest(f"At most {limits.max_batch_inputs} documents per request.", param="documents")
     if any(len(d) > limits.max_input_chars for d in [query, *documents, instruction or ""]):
         raise BadRequest(f"A text is longer than {limits.max_input_chars} characters.", param="documents")
-    scores, tokens = await state.worker.run(lambda: engine.score(query, documents, instruction, raw))
+    rows = await state.prepare.run(lambda: engine.prepare(query, documents, instruction))
+    tokens = sum(len(r) for r in rows)
+    pairs = await state.batching.batcher("rerank", engine.forward).submit(rows)  # merged across requests
     state.metrics.prompt_tokens.labels(path).inc(tokens)
-    return scores, tokens
+    return [raw_score if raw else score for score, raw_score in pairs], tokens
 
 
 def _ranked(scores: list[float], limit: int) -> list[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from fastapi import APIRouter, Request
@@ -73,6 +74,17 @@ def _texts(state: RuntimeState, texts: Sequence[str]) -> list[str]:
     return list(texts)
 
 
+async def _image_features(state: RuntimeState, engine: Any, images: list[Image.Image]) -> torch.Tensor:
+    """Features of ``images``, batched with other requests' images on this model."""
+    pixels = await state.prepare.run(lambda: engine.prepare_images(images))
+    return torch.stack(await state.batching.batcher("images", engine.forward_images).submit(pixels))
+
+
+async def _text_features(state: RuntimeState, engine: Any, texts: list[str]) -> torch.Tensor:
+    rows = await state.prepare.run(lambda: engine.prepare_texts(texts))
+    return torch.stack(await state.batching.batcher("texts", engine.forward_texts).submit(rows))
+
+
 def _rows(t: torch.Tensor, normalize: bool = False) -> list[list[float]]:
     return (torch.nn.functional.normalize(t, dim=-1) if normalize else t).tolist()
 
@@ -83,7 +95,7 @@ async def vision_encode(request: Request) -> Response:
     req = await parse_body(request, VisionEncodeRequest)
     engine = state.engine_for(req.model, ENCODE)
     images = await _images(state, req.images, "images")
-    features = await state.worker.run(lambda: engine.encode_images(images))
+    features = await _image_features(state, engine, images)
     return json_response(
         VisionEncodeResponse(
             model=req.model, embeddings=_rows(features, req.normalize), dimensions=int(features.shape[1])
@@ -98,7 +110,7 @@ async def vision_similarity(request: Request) -> Response:
     engine = state.engine_for(req.model, SIMILARITY)
     first = await _images(state, [req.image1], "image1", indexed=False)
     second = await _images(state, [req.image2], "image2", indexed=False)
-    features = await state.worker.run(lambda: engine.encode_images(first + second))
+    features = await _image_features(state, engine, first + second)
     cosine = float(torch.nn.functional.cosine_similarity(features[0:1], features[1:2]).clamp(-1, 1))
     return json_response(
         VisionSimilarityResponse(
@@ -119,11 +131,8 @@ async def multimodal_encode(request: Request) -> Response:
     engine = state.engine_for(req.model, MM_ENCODE)
     images = await _images(state, req.images or [], "images")
     texts = _texts(state, req.texts or [])
-
-    def run() -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        return (engine.encode_images(images) if images else None, engine.encode_texts(texts) if texts else None)
-
-    image_features, text_features = await state.worker.run(run)
+    image_features = await _image_features(state, engine, images) if images else None
+    text_features = await _text_features(state, engine, texts) if texts else None
     dims = next(int(t.shape[1]) for t in (image_features, text_features) if t is not None)
     return json_response(
         MultimodalEncodeResponse(
@@ -142,7 +151,7 @@ async def multimodal_match(request: Request) -> Response:
     engine = state.engine_for(req.model, MM_MATCH)
     images = await _images(state, req.images, "images")
     texts = _texts(state, req.texts)
-    result = await state.worker.run(lambda: engine.match(images, texts))
+    result = engine.scores(await _image_features(state, engine, images), await _text_features(state, engine, texts))
     return json_response(
         MultimodalMatchResponse(
             model=req.model,

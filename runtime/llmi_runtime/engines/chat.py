@@ -1,9 +1,10 @@
-"""Chat and text completion with transformers: a token-at-a-time decode loop with a KV cache.
+"""Chat and text completion with transformers, continuously batched (engines/continuous.py).
 
-The loop is a generator, so the model worker can interleave several generations and stop one
-the moment its client leaves. Sampling follows OpenAI's definitions (temperature, top_p,
-presence/frequency penalties on generated tokens, logit_bias) so results match what clients
-expect; temperature 0 is greedy and gives the same tokens as ``generate(do_sample=False)``.
+Each generation is a generator, so the model worker can step several at once (one batched
+forward per round) and stop one the moment its client leaves. Sampling follows OpenAI's
+definitions (temperature, top_p, presence/frequency penalties on generated tokens, logit_bias)
+so results match what clients expect; temperature 0 is greedy and gives the same tokens as
+``generate(do_sample=False)``.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from llmi.errors import BadRequest
 from llmi.modeltypes import ModelType
 from llmi_runtime.engines.base import LoadOptions, module_facts, place
+from llmi_runtime.engines.continuous import ContinuousBatcher
 from llmi_runtime.engines.sampling import Delta, SamplingParams
+from llmi_runtime.engines.text_tracker import TextTracker as _TextTracker
 
-# Temperatures this small would overflow the softmax; they mean "greedy" (as in vLLM).
-GREEDY_BELOW = 1e-5
+__all__ = ["ChatEngine", "Delta", "SamplingParams", "_TextTracker"]
 
 
 class ChatEngine:
@@ -47,6 +48,9 @@ class ChatEngine:
         self._step_kwargs: dict[str, Any] = {"use_cache": True}
         if "logits_to_keep" in params:
             self._step_kwargs["logits_to_keep"] = 1  # only the last position's logits are needed
+        self.batcher = ContinuousBatcher(
+            self.model, self.device, self.vocab_size, self.eos_ids, self.tokenizer, self._cache_arg, self._step_kwargs
+        )
 
     # -- prompts ------------------------------------------------------------------------
 
@@ -116,130 +120,15 @@ class ChatEngine:
     # -- generation ---------------------------------------------------------------------
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
-        """Yield one Delta per generated token (text may be empty while it is held back)."""
-        generator = torch.Generator(device=self.device)
-        if params.seed is not None:
-            generator.manual_seed(params.seed % 2**64)
-        else:
-            generator.seed()
-        counts = torch.zeros(self.vocab_size, device=self.device)
-        bias = None
-        if params.logit_bias:
-            bias = torch.zeros(self.vocab_size, device=self.device)
-            for token, value in params.logit_bias.items():
-                bias[token] = value
-        text = _TextTracker(self.tokenizer, params.stop)
-        next_input = torch.tensor([prompt_ids], device=self.device)
-        past: Any = None
-        for step in range(1, params.max_tokens + 1):
-            with torch.inference_mode():
-                out = self.model(input_ids=next_input, **{self._cache_arg: past}, **self._step_kwargs)
-            past = out[self._cache_arg]
-            logits = out.logits[0, -1, : self.vocab_size].float()
-            token = _pick(logits, params, counts, bias, generator)
-            if token in self.eos_ids:
-                yield Delta(text.flush(), step, "stop", token)
-                return
-            counts[token] += 1
-            delta, stopped = text.add(token)
-            if stopped:
-                yield Delta(delta, step, "stop", token)
-                return
-            if step == params.max_tokens:
-                yield Delta(delta + text.flush(), step, "length", token)
-                return
-            yield Delta(delta, step, None, token)
-            next_input = torch.tensor([[token]], device=self.device)
+        """Yield one Delta per generated token (text may be empty while it is held back); the
+        generation shares forward passes with every other one running on this engine."""
+        return self.batcher.stream(prompt_ids, params)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def info(self) -> dict[str, Any]:
         return {**module_facts(self.model, self.device, self.placement), "context_length": self.context_length}
-
-
-def _pick(
-    logits: torch.Tensor,
-    p: SamplingParams,
-    counts: torch.Tensor,
-    bias: torch.Tensor | None,
-    generator: torch.Generator,
-) -> int:
-    if bias is not None:
-        logits = logits + bias
-    if p.frequency_penalty or p.presence_penalty:
-        logits = logits - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).float()
-    if p.temperature < GREEDY_BELOW:
-        return int(torch.argmax(logits))
-    logits = logits / p.temperature
-    if p.top_k > 0 and p.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, p.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if p.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        drop = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > p.top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-class _TextTracker:
-    """Turns generated ids into text deltas that always reassemble into the final text.
-
-    Decoding is incremental (a short window of recent ids, as vLLM and transformers' streamers
-    do), so a long answer costs linear, not quadratic, time. Text that may still change (an
-    incomplete UTF-8 sequence) or may be the start of a stop string is held back until settled.
-    """
-
-    def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
-        self.tokenizer = tokenizer
-        self.stop = stop
-        self.longest_stop = max((len(s) for s in stop), default=0)
-        self.ids: list[int] = []
-        self.prefix_offset = 0  # ids[prefix_offset:read_offset] give context for the next piece
-        self.read_offset = 0
-        self.text = ""  # settled text decoded so far
-        self.sent = ""  # what has been handed out (a prefix of text)
-
-    def add(self, token: int) -> tuple[str, bool]:
-        self.ids.append(token)
-        self._decode_new()
-        if self.stop:
-            window_start = max(0, len(self.sent) - self.longest_stop)
-            hits = [i for i in (self.text.find(s, window_start) for s in self.stop) if i >= 0]
-            if hits:
-                return self._advance(self.text[: min(hits)]), True
-        safe = self.text
-        for s in self.stop:
-            for n in range(min(len(s) - 1, len(safe)), 0, -1):
-                if safe.endswith(s[:n]):
-                    safe = safe[:-n]
-                    break
-        return self._advance(safe), False
-
-    def flush(self) -> str:
-        """Everything not yet handed out, including a trailing incomplete character."""
-        tail = self.tokenizer.decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
-        head = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
-        if len(tail) > len(head):
-            self.text += tail[len(head) :]
-            self.read_offset = len(self.ids)
-        return self._advance(self.text)
-
-    def _decode_new(self) -> None:
-        head = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
-        tail = self.tokenizer.decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
-        if len(tail) > len(head) and not tail.endswith("\ufffd"):
-            self.text += tail[len(head) :]
-            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-
-    def _advance(self, text: str) -> str:
-        if not text.startswith(self.sent) or len(text) <= len(self.sent):
-            return ""
-        delta = text[len(self.sent) :]
-        self.sent = text
-        return delta
 
 
 def _generation_config(path: Path) -> GenerationConfig | None:

@@ -13,6 +13,7 @@ from sentence_transformers import SentenceTransformer
 from llmi.errors import BadRequest
 from llmi.modeltypes import ModelType
 from llmi_runtime.engines.base import LoadOptions, module_facts
+from llmi_runtime.engines.features import Row, collate, run_by_length, split
 
 BATCH = 32
 
@@ -43,20 +44,31 @@ class EmbeddingEngine:
 
     def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> tuple[torch.Tensor, int]:
         """Embeddings (float32, CPU) in input order, and the number of tokens used."""
-        outputs: list[torch.Tensor] = []
-        tokens = 0
+        rows = self.prepare(inputs)
+        return torch.stack(self.forward(rows)), sum(len(r) for r in rows)
+
+    def prepare(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[Row]:
+        """Tokenized rows (off the model's thread); each row's length is its token count."""
+        rows: list[Row] = []
         for start in range(0, len(inputs), BATCH):
             batch = inputs[start : start + BATCH]
             if isinstance(batch[0], str):
                 features = self.model.preprocess(list(batch))  # type: ignore[arg-type]
             else:
                 features = self._features_from_ids(batch)  # type: ignore[arg-type]
-            tokens += int(features["attention_mask"].sum())
-            features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
-            with torch.inference_mode():
-                emb = self.model(features)["sentence_embedding"]
-            outputs.append(emb.float().cpu())
-        return torch.cat(outputs), tokens
+            rows.extend(split(features, self.pad_left))
+        return rows
+
+    def forward(self, rows: list[Row]) -> list[torch.Tensor]:
+        """One embedding per row, rows of any requests batched by length (on the model's thread)."""
+        return run_by_length(rows, BATCH, self._forward_batch, group=lambda r: r.extras)
+
+    def _forward_batch(self, rows: list[Row]) -> list[torch.Tensor]:
+        features = collate(rows, self.pad_id, self.pad_left)
+        features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+        with torch.inference_mode():
+            emb = self.model(features)["sentence_embedding"]
+        return list(emb.float().cpu())
 
     def _features_from_ids(self, batch: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Pre-tokenized input, truncated and padded the way the tokenizer would."""

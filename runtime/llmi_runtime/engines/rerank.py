@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llmi.catalog.classify import read_json
 from llmi.modeltypes import ModelType
 from llmi_runtime.engines.base import LoadOptions, module_facts, place
+from llmi_runtime.engines.features import Row, collate, run_by_length, split
 
 BATCH = 16
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -51,26 +52,40 @@ class CrossEncoderEngine:
             model_kwargs=kwargs,
         )
         self.num_labels = int(self.model.num_labels)
+        tokenizer = self.model.tokenizer
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        self.pad_left = getattr(tokenizer, "padding_side", "right") == "left"
 
     def score(
         self, query: str, documents: Sequence[str], instruction: str | None = None, raw: bool = False
     ) -> tuple[list[float], int]:
         """Relevance in [0, 1]; with ``raw``, the model's logit for "relevant" (TEI's raw_scores)."""
-        pairs = [(query, d) for d in documents]
-        if self.num_labels == 1:
-            activation = torch.nn.Identity() if raw else torch.nn.Sigmoid()
-            scores = self.model.predict(pairs, batch_size=BATCH, activation_fn=activation)
-            values = [float(s) for s in scores]
-        else:  # two or more labels: the last one is "relevant"
-            probs = self.model.predict(
-                pairs, batch_size=BATCH, apply_softmax=not raw, activation_fn=torch.nn.Identity() if raw else None
-            )
-            values = [float(p[-1]) for p in probs]
-        tokenizer = self.model.tokenizer
-        counted = tokenizer(
-            [query] * len(documents), list(documents), truncation=True, max_length=self.model.max_seq_length
-        )
-        return values, sum(len(ids) for ids in counted["input_ids"])
+        rows = self.prepare(query, documents, instruction)
+        return [pair[1] if raw else pair[0] for pair in self.forward(rows)], sum(len(r) for r in rows)
+
+    def prepare(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[Row]:
+        """Tokenized (query, document) pairs, off the model's thread; a row's length is its token count."""
+        rows: list[Row] = []
+        for start in range(0, len(documents), BATCH):
+            pairs = [(query, d) for d in documents[start : start + BATCH]]
+            rows.extend(split(self.model.preprocess(pairs), self.pad_left))
+        return rows
+
+    def forward(self, rows: list[Row]) -> list[tuple[float, float]]:
+        """(relevance, raw logit) of each row, rows of any requests batched by length (model thread)."""
+        return run_by_length(rows, BATCH, self._forward_batch, group=lambda r: r.extras)
+
+    def _forward_batch(self, rows: list[Row]) -> list[tuple[float, float]]:
+        features = collate(rows, self.pad_id, self.pad_left)
+        features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+        with torch.inference_mode():
+            scores = self.model(features)["scores"].float()
+        if self.num_labels == 1:  # one logit: sigmoid, as CrossEncoder.predict with activation_fn=Sigmoid
+            logits = scores.reshape(-1)
+            return list(zip(torch.sigmoid(logits).cpu().tolist(), logits.cpu().tolist(), strict=True))
+        # Two or more labels: the last is "relevant".
+        relevant = torch.softmax(scores, dim=-1)[:, -1]
+        return list(zip(relevant.cpu().tolist(), scores[:, -1].cpu().tolist(), strict=True))
 
     def info(self) -> dict[str, Any]:
         return {**module_facts(self.model, self.device, self.placement), "style": self.style}
@@ -93,34 +108,44 @@ class CausalLMRerankEngine:
         self.suffix = self.tokenizer(LLM_SUFFIX, add_special_tokens=False).input_ids
         limit = getattr(self.model.config, "max_position_embeddings", None) or max_length
         self.max_length = min(max_length, int(limit))
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
 
     def score(
         self, query: str, documents: Sequence[str], instruction: str | None = None, raw: bool = False
     ) -> tuple[list[float], int]:
         """softmax([no, yes]); with ``raw``, the log-odds logit(yes) - logit(no)."""
-        scores: list[float] = []
-        tokens = 0
+        rows = self.prepare(query, documents, instruction)
+        return [pair[1] if raw else pair[0] for pair in self.forward(rows)], sum(len(r) for r in rows)
+
+    def prepare(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[Row]:
+        """The judging prompt of each document, tokenized off the model's thread."""
         room = self.max_length - len(self.prefix) - len(self.suffix)
-        for start in range(0, len(documents), BATCH):
-            texts = [llm_rerank_text(query, d, instruction) for d in documents[start : start + BATCH]]
-            enc = self.tokenizer(
-                texts,
-                padding=False,
-                truncation="longest_first",
-                max_length=room,
-                add_special_tokens=False,
-                return_attention_mask=False,
-            )
-            rows = [self.prefix + ids + self.suffix for ids in enc["input_ids"]]
-            tokens += sum(len(r) for r in rows)
-            batch = self.tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            with torch.inference_mode():
-                logits = self.model(**batch).logits[:, -1, :].float()
-            pair = torch.stack([logits[:, self.no_id], logits[:, self.yes_id]], dim=1)
-            picked = pair[:, 1] - pair[:, 0] if raw else torch.softmax(pair, dim=1)[:, 1]
-            scores.extend(picked.cpu().tolist())
-        return scores, tokens
+        texts = [llm_rerank_text(query, d, instruction) for d in documents]
+        enc = self.tokenizer(
+            texts,
+            padding=False,
+            truncation="longest_first",
+            max_length=room,
+            add_special_tokens=False,
+            return_attention_mask=False,
+        )
+        rows = []
+        for ids in enc["input_ids"]:
+            row = torch.tensor(self.prefix + ids + self.suffix)
+            rows.append(Row({"input_ids": row, "attention_mask": torch.ones_like(row)}))
+        return rows
+
+    def forward(self, rows: list[Row]) -> list[tuple[float, float]]:
+        return run_by_length(rows, BATCH, self._forward_batch)
+
+    def _forward_batch(self, rows: list[Row]) -> list[tuple[float, float]]:
+        batch = {k: v.to(self.device) for k, v in collate(rows, self.pad_id, pad_left=True).items()}
+        with torch.inference_mode():
+            logits = self.model(**batch).logits[:, -1, :].float()
+        pair = torch.stack([logits[:, self.no_id], logits[:, self.yes_id]], dim=1)
+        relevant = torch.softmax(pair, dim=1)[:, 1]
+        return list(zip(relevant.cpu().tolist(), (pair[:, 1] - pair[:, 0]).cpu().tolist(), strict=True))
 
     def info(self) -> dict[str, Any]:
         return {**module_facts(self.model, self.device, self.placement), "style": self.style}

@@ -1,0 +1,350 @@
+"""Engines that batch, side by side with their in-process floors (issue 9, acceptance 4).
+
+Run from the repository root:
+
+    python -m bench.engine_bench [--chat-model DIR] [--embed-model DIR] [--only chat|embed]
+                                 [--tokens N] [--repeats R] [--threads T] [--json]
+
+Without model folders it builds the tiny test models (overhead figures, not model speed); with
+real ones (SmolLM2-135M-Instruct, all-MiniLM-L6-v2) the figures compare with issue 9's.
+
+chat (greedy, exactly N new tokens: ``min_new_tokens`` in-process, an EOS logit_bias of -100
+through the runtime):
+- 1 stream: `llmi runtime` streamed vs ``model.generate`` of one prompt, and time to the first
+  content delta vs the floor (``generate`` of one new token: prefill plus one step);
+- 4 concurrent streams: aggregate tok/s vs one batched, left-padded ``generate`` of the four prompts.
+
+embeddings (tok counts aside, requests per second):
+- 32 texts per request from 4 concurrent clients vs ``SentenceTransformer.encode`` of 32 texts;
+- 1 text per request from 16 concurrent clients vs ``encode`` of 16 texts in one batch (the
+  floor a perfect batcher reaches) and of one text at a time.
+
+Peers, used when their executables exist: Infinity (``--infinity``, default
+/work/venvs/infinity/bin/infinity_emb) on the same embedding folder, and ``transformers serve
+--continuous-batching`` (``--transformers-serve``) on the same chat folder. Same torch thread
+count on every side (OMP_NUM_THREADS for servers, ``torch.set_num_threads`` here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import httpx
+import torch
+import transformers
+
+from llmi_router.embedded.process import free_port
+from tests.servers import poll_ready, runtime_env, start_runtime, stop_process
+from tests.tiny_models import BUILDERS
+
+PROMPTS = [
+    "What is the capital of France? Answer in one sentence.",
+    "Summarize the history of Rome.",
+    "Write a short poem about the sea and the wind at night.",
+    "Explain photosynthesis to a child.",
+]
+SENTENCES = [f"Sentence {i}: the quick brown fox jumps over the lazy dog number {i}." for i in range(32)]
+Row = dict[str, Any]
+
+
+def best_of(repeats: int, fn: Callable[[], Any]) -> tuple[list[float], Any]:
+    """Wall times of ``repeats`` runs after one warm-up, and the last result."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return times, result
+
+
+async def async_best_of(repeats: int, fn: Callable[[], Awaitable[Any]]) -> tuple[list[float], Any]:
+    result = await fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = await fn()
+        times.append(time.perf_counter() - t0)
+    return times, result
+
+
+# --------------------------------------------------------------------------- chat
+
+
+def chat_floor(folder: Path, tokens: int, repeats: int) -> tuple[Row, list[list[int]], int]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in PROMPTS
+    ]
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    prompts = [tok(t, add_special_tokens=False).input_ids for t in texts]
+
+    def run(batch: list[str], new: int) -> Any:
+        enc = tok(batch, add_special_tokens=False, return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            return model.generate(
+                **enc, do_sample=False, max_new_tokens=new, min_new_tokens=new, pad_token_id=tok.pad_token_id
+            )
+
+    one, _ = best_of(repeats, lambda: run(texts[:1], tokens))
+    four, _ = best_of(repeats, lambda: run(texts, tokens))
+    first, _ = best_of(repeats, lambda: run(texts[:1], 1))
+    row = {
+        "generate 1 stream tok/s": tokens / min(one),
+        "generate batched x4 tok/s": 4 * tokens / min(four),
+        "ttft floor ms": 1000 * min(first),
+    }
+    eos = tok.eos_token_id
+    return row, prompts, int(eos)
+
+
+async def chat_server(url: str, model: str, tokens: int, repeats: int, eos: int) -> Row:
+    body = {
+        "model": model,
+        "temperature": 0,
+        "max_tokens": tokens,
+        "logit_bias": {str(eos): -100},
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+    async def stream(client: httpx.AsyncClient, prompt: str) -> tuple[float, int]:
+        t0, first, n = time.perf_counter(), float("nan"), 0
+        payload = {**body, "messages": [{"role": "user", "content": prompt}]}
+        async with client.stream("POST", "/v1/chat/completions", json=payload) as r:
+            r.raise_for_status()
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if event.get("usage"):
+                    n = int(event["usage"]["completion_tokens"])
+                if any(c.get("delta", {}).get("content") for c in event.get("choices", [])) and first != first:
+                    first = time.perf_counter() - t0
+        return first, n
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        ttfts: list[float] = []
+
+        async def one() -> int:
+            first, n = await stream(client, PROMPTS[0])
+            ttfts.append(first)
+            return n
+
+        times1, n1 = await async_best_of(repeats, one)
+
+        async def four() -> int:
+            got = await asyncio.gather(*(stream(client, p) for p in PROMPTS))
+            return sum(n for _, n in got)
+
+        times4, n4 = await async_best_of(repeats, four)
+    return {
+        "1 stream tok/s": n1 / min(times1),
+        "4 streams tok/s": n4 / min(times4),
+        "ttft ms": 1000 * min(ttfts[1:]),
+        "tokens (1, 4)": (n1, n4),
+    }
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def embed_floor(folder: Path, repeats: int) -> Row:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    t32, _ = best_of(repeats, lambda: [model.encode(SENTENCES, batch_size=32) for _ in range(8)])
+    t16, _ = best_of(repeats, lambda: [model.encode(SENTENCES[:16], batch_size=16) for _ in range(8)])
+    t1, _ = best_of(repeats, lambda: [model.encode(SENTENCES[i : i + 1]) for i in range(16)])
+    return {
+        "encode 32 texts req/s": 8 / min(t32),
+        "encode 16x1 batched texts/s": 8 * 16 / min(t16),
+        "encode 1 text at a time texts/s": 16 / min(t1),
+    }
+
+
+async def embed_server(url: str, model: str, repeats: int, path: str = "/v1/embeddings") -> Row:
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=32)) as client:
+
+        async def post(texts: list[str]) -> None:
+            (await client.post(path, json={"model": model, "input": texts})).raise_for_status()
+
+        async def clients(n: int, calls: int, texts: Callable[[int], list[str]]) -> None:
+            async def one(c: int) -> None:
+                for k in range(calls):
+                    await post(texts(c * calls + k))
+
+            await asyncio.gather(*(one(c) for c in range(n)))
+
+        t32, _ = await async_best_of(repeats, lambda: clients(4, 4, lambda _: SENTENCES))
+        t1, _ = await async_best_of(repeats, lambda: clients(16, 4, lambda i: [SENTENCES[i % 32]]))
+    return {"32 texts x c4 req/s": 16 / min(t32), "1 text x c16 texts/s": 64 / min(t1)}
+
+
+# --------------------------------------------------------------------------- peers
+
+
+@contextlib.contextmanager
+def peer(cmd: list[str], ready: str, log: Path, env: dict[str, str]) -> Any:
+    port = free_port()
+    full = [c.replace("{port}", str(port)) for c in cmd]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        with httpx.Client(timeout=5) as client:
+            while time.monotonic() < deadline and proc.poll() is None:
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get(url + ready).status_code == 200:
+                        break
+                time.sleep(0.5)
+            else:
+                raise RuntimeError(f"{full[0]} did not start:\n{log.read_text(errors='replace')[-2000:]}")
+        yield url
+    finally:
+        stop_process(proc, grace_s=10)
+
+
+def warm_up(url: str, model: str, tries: int = 10) -> None:
+    """transformers serve answers /health before its first chat works (500s while it warms up)."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with httpx.Client(base_url=url, timeout=300) as client:
+        for _ in range(tries):
+            if client.post("/v1/chat/completions", json=body).status_code == 200:
+                return
+    raise RuntimeError(f"{url} never answered a chat request")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run_llmi(folder: Path, logs: Path, env: dict[str, str]) -> Any:
+    rt = start_runtime(folder, logs, "--device", "cpu", env=env, wait=False)
+    poll_ready(rt.url, rt.proc, rt.log)
+    return rt
+
+
+def ratios(result: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    chat, embed = result.get("chat"), result.get("embeddings")
+    if chat:
+        f, r = chat["floor"], chat["llmi"]
+        out["chat 1 stream vs generate"] = r["1 stream tok/s"] / f["generate 1 stream tok/s"]
+        out["chat 4 streams vs batched generate"] = r["4 streams tok/s"] / f["generate batched x4 tok/s"]
+        out["chat ttft - floor (ms)"] = r["ttft ms"] - f["ttft floor ms"]
+        if "transformers serve" in chat:
+            out["chat 4 streams vs transformers serve"] = (
+                r["4 streams tok/s"] / chat["transformers serve"]["4 streams tok/s"]
+            )
+    if embed:
+        f, r = embed["floor"], embed["llmi"]
+        out["embed 32xc4 vs encode"] = r["32 texts x c4 req/s"] / f["encode 32 texts req/s"]
+        out["embed 1xc16 vs batched encode"] = r["1 text x c16 texts/s"] / f["encode 16x1 batched texts/s"]
+        out["embed 1xc16 vs encode one at a time"] = r["1 text x c16 texts/s"] / f["encode 1 text at a time texts/s"]
+        if "infinity" in embed:
+            out["embed 32xc4 vs infinity"] = r["32 texts x c4 req/s"] / embed["infinity"]["32 texts x c4 req/s"]
+            out["embed 1xc16 vs infinity"] = r["1 text x c16 texts/s"] / embed["infinity"]["1 text x c16 texts/s"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.engine_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chat-model", type=Path, help="chat model folder (default: tiny-llama-chat, built)")
+    parser.add_argument("--embed-model", type=Path, help="embedding model folder (default: tiny-bert-embed)")
+    parser.add_argument("--only", choices=["chat", "embed"], help="run one half (each stays under a minute)")
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per chat request (default 64)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats; the best is reported (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on every side (default 1)")
+    parser.add_argument("--infinity", type=Path, default=Path("/work/venvs/infinity/bin/infinity_emb"))
+    parser.add_argument("--transformers-serve", type=Path, help="a `transformers` executable to run as a peer")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    transformers.utils.logging.disable_progress_bar()
+    env = runtime_env(OMP_NUM_THREADS=str(args.threads), LLM_LOG_LEVEL="WARNING")
+    result: dict[str, Any] = {"config": {"threads": args.threads, "tokens": args.tokens, "repeats": args.repeats}}
+    with tempfile.TemporaryDirectory(prefix="llmi-engine-bench-") as tmp:
+        logs = Path(tmp)
+        if args.only in (None, "chat"):
+            folder = args.chat_model or BUILDERS["tiny-llama-chat"](logs / "tiny-llama-chat")
+            floor, _, eos = chat_floor(folder, args.tokens, args.repeats)
+            chat: dict[str, Any] = {"model": folder.name, "floor": floor}
+            rt = run_llmi(folder, logs, env)
+            try:
+                chat["llmi"] = asyncio.run(chat_server(rt.url, rt.name, args.tokens, args.repeats, eos))
+            finally:
+                rt.stop()
+            serve = args.transformers_serve
+            if serve is not None and shutil.which(str(serve)):
+                cmd = [
+                    str(serve),
+                    "serve",
+                    str(folder),
+                    "--port",
+                    "{port}",
+                    "--continuous-batching",
+                    "--dtype",
+                    "float32",
+                ]
+                with peer(cmd, "/health", logs / "transformers-serve.log", env) as url:
+                    warm_up(url, str(folder))
+                    chat["transformers serve"] = asyncio.run(
+                        chat_server(url, str(folder), args.tokens, args.repeats, eos)
+                    )
+            result["chat"] = chat
+        if args.only in (None, "embed"):
+            folder = args.embed_model or BUILDERS["tiny-bert-embed"](logs / "tiny-bert-embed")
+            embed: dict[str, Any] = {"model": folder.name, "floor": embed_floor(folder, args.repeats)}
+            rt = run_llmi(folder, logs, env)
+            try:
+                embed["llmi"] = asyncio.run(embed_server(rt.url, rt.name, args.repeats))
+            finally:
+                rt.stop()
+            if args.infinity.is_file():
+                cmd = [str(args.infinity), "v2", "--model-id", str(folder), "--port", "{port}", "--device", "cpu"]
+                with peer(cmd, "/health", logs / "infinity.log", env) as url:
+                    embed["infinity"] = asyncio.run(embed_server(url, str(folder), args.repeats, "/embeddings"))
+            result["embeddings"] = embed
+    result["ratios"] = ratios(result)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2, default=str)
+        print()
+    else:
+        for section in ("chat", "embeddings"):
+            for side, row in result.get(section, {}).items():
+                if isinstance(row, dict):
+                    print(f"{section:10} {side:20} " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+        for name, value in result["ratios"].items():
+            print(f"ratio      {name:40} {value:7.2f}")
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
