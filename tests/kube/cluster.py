@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +23,9 @@ from llmi_operator.children import ANNOTATION_FOOTPRINT, HOSTNAME_LABEL
 from llmi_operator.handlers import register
 from llmi_operator.settings import OperatorSettings
 from tests.kube.realism import Emulator
+from tests.kube_fixtures import eventually
+
+__all__ = ["eventually"]
 
 T = TypeVar("T")
 LM = kmock.resource("llmi.dev/v1alpha1/localmodels")
@@ -32,19 +35,6 @@ PODS = kmock.resource("v1/pods")
 NODES = kmock.resource("v1/nodes")
 EVENTS = kmock.resource("v1/events")
 GIB = 1024**3
-
-
-async def eventually(check: Callable[[], T], what: str, within: float = 30.0, interval: float = 0.05) -> T:
-    """Poll ``check`` until it returns something truthy, or fail after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def operator_settings(namespace: str, models_dir: Path, **overrides: Any) -> OperatorSettings:
@@ -59,6 +49,8 @@ def operator_settings(namespace: str, models_dir: Path, **overrides: Any) -> Ope
         "reconcile_interval_s": 0.3,
         "retry_delay_s": 0.2,
         "discovery_interval_s": 0.5,
+        "drain_grace_s": 0.3,
+        "drain_timeout_s": 60,
     }
     return OperatorSettings(**(values | overrides))
 

@@ -54,6 +54,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
     "v1/events": {"kind": "Event", "namespaced": True, "subresources": []},
     "events.k8s.io/v1/events": {"kind": "Event", "namespaced": True, "subresources": []},
     "apps/v1/deployments": {"kind": "Deployment", "namespaced": True, "subresources": ["status", "scale"]},
+    "discovery.k8s.io/v1/endpointslices": {"kind": "EndpointSlice", "namespaced": True, "subresources": []},
     "apiextensions.k8s.io/v1/customresourcedefinitions": {
         "kind": "CustomResourceDefinition",
         "namespaced": False,
@@ -156,6 +157,8 @@ class Emulator(kmock.KubernetesEmulator):
     """kmock's emulator with the API server behaviour listed in the module docstring."""
 
     writes: list[Write] = attrs.field(factory=list, init=False)
+    # Tests inject API failures here: a function of the request returning (status, message), or None.
+    faults: list[Any] = attrs.field(factory=list, init=False)
     _rv: int = attrs.field(default=0, init=False)
 
     # Declaring resources.
@@ -382,6 +385,12 @@ class Emulator(kmock.KubernetesEmulator):
         own = res is not None and res.plural is not None and res in self.resources
         if not own or request.action == kmock.action.WATCH:
             return await super()._handle(request)
+        for fault in self.faults:
+            failed = fault(request)
+            if failed is not None:
+                return await self._render_error(
+                    error(failed[0], "Forbidden" if failed[0] == 403 else "Error", failed[1])
+                )
         try:
             status, body = await self._serve(request)
         except kmock.KubernetesError as exc:

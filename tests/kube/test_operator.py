@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from llmi.localmodel import format_time
 from llmi_operator.kube import RestKube, load_api_client
-from llmi_operator.localmodel import format_time
 from llmi_operator.reconcile import Reconciler
 from tests.kube.cluster import (
     DEPLOYMENTS,
