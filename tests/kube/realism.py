@@ -78,6 +78,19 @@ def parse_path(path: str) -> parsing.ParsedPath:
 
 parsing.parse_path = parse_path  # rendering.Request._parse looks it up on the module at each request
 
+_guess_k8s = parsing.guess_k8s
+GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}  # strconv.ParseBool, as the API server parses ?watch=
+
+
+def guess_k8s(k8s: parsing.ParsedPath, method: Any, query: dict[str, str]) -> Any:
+    """kmock 0.8 knows only ``watch=true``; kubernetes_asyncio sends ``watch=True``."""
+    if query.get("watch") in GO_TRUE:
+        query = {**query, "watch": "true"}
+    return _guess_k8s(k8s, method, query)
+
+
+parsing.guess_k8s = guess_k8s
+
 
 class ApiError(kmock.KubernetesError):
     """An API error with Kubernetes' reason names (NotFound, AlreadyExists, Conflict, Invalid)."""

@@ -1,9 +1,11 @@
-"""List, then watch, one collection forever: resume from the last resourceVersion, list again on
-410 Gone, back off on errors. The health of the watch is what the router's /readyz reports."""
+"""List, then watch, one collection forever: resume from the last resourceVersion when a watch
+ends, list again on 410 Gone or after an error (a successful list is what proves the API server
+answers again), back off on errors. The health of the watch is what the router's /readyz reports."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -30,13 +32,22 @@ class WatchHealth:
 
 def reason(exc: BaseException, resource: Resource) -> str:
     if isinstance(exc, ApiException):
-        text = f"{exc.status}: {exc.reason}"
+        text = f"{exc.status}: {_status_message(exc)}"
         if exc.status == 404:
             text += f" (is the {resource.what} API there? the LocalModel CRD installed?)"
         elif exc.status in (401, 403):
             text += f" (the router's service account needs {resource.rbac})"
         return text
     return f"{type(exc).__name__}: {exc}"
+
+
+def _status_message(exc: ApiException) -> str:
+    """The API server's own words (the Status body's message), else the HTTP reason."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason or "error")
 
 
 async def watch_forever(
@@ -82,12 +93,12 @@ async def watch_forever(
                 log.info("%s watch expired (%s); listing again", resource.what, exc.reason)
                 listed = False
                 continue
-            backoff = await _failed(exc, resource, mark, backoff)
+            listed, backoff = False, await _failed(exc, resource, mark, backoff)
         except (ClientError, TimeoutError, ValueError, OSError) as exc:
-            backoff = await _failed(exc, resource, mark, backoff)
+            listed, backoff = False, await _failed(exc, resource, mark, backoff)
         except Exception as exc:  # a bug must not end the watch for the router's lifetime
             log.exception("%s watch failed", resource.what)
-            backoff = await _failed(exc, resource, mark, backoff)
+            listed, backoff = False, await _failed(exc, resource, mark, backoff)
 
 
 async def _failed(exc: BaseException, resource: Resource, mark: Callable[..., None], backoff: float) -> float:
