@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import kmock
 import kopf
 
-from llmi_operator.children import ANNOTATION_FOOTPRINT, HOSTNAME_LABEL
+from llmi.localmodel import ANNOTATION_FOOTPRINT, LABEL_NAME, PORT_NAME, RUNTIME_APP, SERVICE_NAME_LABEL
+from llmi_operator.children import HOSTNAME_LABEL
 from llmi_operator.handlers import register
 from llmi_operator.settings import OperatorSettings
 from tests.kube.realism import Emulator
-from tests.kube_fixtures import eventually
+from tests.kube_fixtures import SLICES, eventually
+from tests.servers import RuntimeProcess, runtime_env, start_runtime
 
 __all__ = ["eventually"]
 
@@ -119,15 +123,30 @@ def local_model(name: str, **spec: Any) -> dict[str, Any]:
 
 @dataclass
 class FakeCluster:
-    """The Deployment controller and kubelet, as far as the operator can observe them."""
+    """The Deployment controller, the kubelet and the EndpointSlice controller, as far as the
+    operator and the router can observe them.
+
+    A Deployment in ``runtimes`` (its name → a model folder) runs a real ``llmi runtime`` process
+    for its pod: the pod is ready when the runtime answers /readyz, the EndpointSlice points at the
+    process, and deleting the pod stops the process with SIGTERM (the runtime drains, like a
+    kubelet's grace period). Other pods are ready at once unless held, with a placeholder address.
+    """
 
     emulator: Emulator
     namespace: str
     hold_ready: set[str] = field(default_factory=set)  # Deployment names whose pods stay unready
     hold_pods: set[str] = field(default_factory=set)  # Deployment names whose pods do not go away
+    runtimes: dict[str, Path] = field(default_factory=dict)  # Deployment name -> model folder to serve
+    log_dir: Path | None = None
+    on_pod_gone: Callable[[str], None] | None = None  # called with the Deployment name
+    processes: dict[str, RuntimeProcess] = field(default_factory=dict)  # pod name -> its runtime
+    _ready: set[str] = field(default_factory=set)  # pods whose runtime answered /readyz
+    _stopping: dict[str, asyncio.Task[int]] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
+    _http: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> FakeCluster:
+        self._http = httpx.AsyncClient(timeout=2)
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -136,6 +155,11 @@ class FakeCluster:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        for runtime in self.processes.values():
+            await asyncio.to_thread(runtime.stop)
+        await asyncio.gather(*self._stopping.values(), return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
 
     async def _run(self) -> None:
         while True:
@@ -145,18 +169,18 @@ class FakeCluster:
     async def sync(self) -> None:
         e, ns = self.emulator, self.namespace
         deployments = {d["metadata"]["name"]: d for d in e.find_all(DEPLOYMENTS, ns)}
-        pods = e.find_all(PODS, ns)
-        for pod in pods:
+        for pod in e.find_all(PODS, ns):
             owner = pod["metadata"]["labels"].get("fake/deployment")
             wanted = deployments.get(owner or "")
             if (wanted is None or wanted["spec"].get("replicas", 1) == 0) and owner not in self.hold_pods:
-                await e.apply_delete(PODS, ns, pod["metadata"]["name"])
+                await self._terminate(pod, owner or "")
         for name, deployment in deployments.items():
             mine = [p for p in e.find_all(PODS, ns, f"fake/deployment={name}")]
             replicas = int(deployment["spec"].get("replicas", 1))
             if replicas > 0 and not mine:
                 mine.append(await e.apply_create(PODS, ns, self._pod(name, deployment)))
-            ready = 1 if replicas > 0 and mine and name not in self.hold_ready else 0
+            ready_pods = [p for p in mine if await self._pod_ready(name, p)]
+            ready = 1 if replicas > 0 and ready_pods and name not in self.hold_ready else 0
             status = {
                 "observedGeneration": deployment["metadata"]["generation"],
                 "replicas": len(mine),
@@ -164,6 +188,67 @@ class FakeCluster:
             }
             if {k: (deployment.get("status") or {}).get(k) for k in status} != status:
                 await e.apply_patch(DEPLOYMENTS, ns, name, {"status": status}, subresource="status")
+            await self._slice(name, mine, ready_pods if ready else [])
+
+    async def _terminate(self, pod: Mapping[str, Any], owner: str) -> None:
+        """A pod going away: its runtime gets SIGTERM and the pod object goes once it has exited."""
+        name = pod["metadata"]["name"]
+        runtime = self.processes.get(name)
+        if runtime is not None:
+            task = self._stopping.get(name)
+            if task is None:
+                self._ready.discard(name)
+                self._stopping[name] = asyncio.create_task(asyncio.to_thread(runtime.stop))
+                return
+            if not task.done():
+                return  # still terminating: the pod still holds its node's memory
+            del self.processes[name], self._stopping[name]
+        await self.emulator.apply_delete(PODS, self.namespace, name)
+        if self.on_pod_gone is not None:
+            self.on_pod_gone(owner)
+
+    async def _pod_ready(self, deployment: str, pod: Mapping[str, Any]) -> bool:
+        name = pod["metadata"]["name"]
+        if deployment not in self.runtimes:
+            return True
+        if name in self._stopping:
+            return False
+        runtime = self.processes.get(name)
+        if runtime is None:
+            log_dir = self.log_dir or Path(tempfile.mkdtemp())
+            model = deployment.removeprefix("llmi-")  # the name clients send, as the operator passes it
+            runtime = start_runtime(self.runtimes[deployment], log_dir, name=model, env=runtime_env(), wait=False)
+            self.processes[name] = runtime
+        if name not in self._ready and self._http is not None:
+            with contextlib.suppress(httpx.TransportError):
+                if (await self._http.get(f"{runtime.url}/readyz")).status_code == 200:
+                    self._ready.add(name)
+        return name in self._ready
+
+    async def _slice(self, deployment: str, pods: list[dict[str, Any]], ready: list[dict[str, Any]]) -> None:
+        """The Service's EndpointSlice: one endpoint per pod, ready as the pod is."""
+        port = 8000
+        endpoints = []
+        for pod in pods:
+            runtime = self.processes.get(pod["metadata"]["name"])
+            if runtime is not None:
+                port = int(runtime.url.rsplit(":", 1)[1])
+            ok = pod["metadata"]["name"] in {p["metadata"]["name"] for p in ready}
+            endpoints.append({"addresses": ["127.0.0.1"], "conditions": {"ready": ok}})
+        body = {
+            "metadata": {
+                "name": f"{deployment}-slice",
+                "labels": {SERVICE_NAME_LABEL: deployment, LABEL_NAME: RUNTIME_APP},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": PORT_NAME, "port": port, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        }
+        current = self.emulator.find(SLICES, self.namespace, body["metadata"]["name"])
+        if current is None:
+            await self.emulator.apply_create(SLICES, self.namespace, body)
+        elif {k: current.get(k) for k in ("ports", "endpoints")} != {k: body[k] for k in ("ports", "endpoints")}:
+            await self.emulator.apply_patch(SLICES, self.namespace, body["metadata"]["name"], body)
 
     def _pod(self, name: str, deployment: Mapping[str, Any]) -> dict[str, Any]:
         template = deployment["spec"]["template"]
