@@ -309,7 +309,17 @@ async def test_watch_resumes_from_its_resource_version_and_lists_again_on_410() 
         # says its resourceVersion expired (410 Gone); then the emulator's own watch takes over.
         script: list[tuple[dict[str, object], ...]] = [
             ({"type": "MODIFIED", "object": {**c.obj("m"), "metadata": {"name": "m", "resourceVersion": "42"}}},),
-            ({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"}},),
+            (
+                {
+                    "type": "ERROR",
+                    "object": {
+                        "kind": "Status",
+                        "code": 410,
+                        "reason": "Expired",
+                        "message": "too old resource version",
+                    },
+                },
+            ),
         ]
         c.emulator["get", LM, {"watch": WATCH}, lambda _: bool(script)] << (lambda _: script.pop(0))
         async with router_in_process(c, settings()) as router:
@@ -330,7 +340,12 @@ async def test_readyz_follows_the_health_of_the_watch() -> None:
 
         def fail_then_end(_: object) -> tuple[dict[str, object], ...]:
             broken["on"] = True  # from now on lists fail too
-            return ({"type": "ERROR", "object": {"kind": "Status", "code": 500, "reason": "InternalError", "message": "etcd is down"}},)
+            return (
+                {
+                    "type": "ERROR",
+                    "object": {"kind": "Status", "code": 500, "reason": "InternalError", "message": "etcd is down"},
+                },
+            )
 
         first = {"done": False}
         c.emulator["get", LM, {"watch": WATCH}, lambda _: not first["done"]] << (

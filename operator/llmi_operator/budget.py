@@ -121,7 +121,7 @@ def eligible(node: Node, demand: Demand) -> bool:
     )
 
 
-BUSY_LAST = float("inf")  # a busy model, when busy ones may go, goes after every idle one
+BUSY_AFTER = 1e12  # added to a busy model's last use: it goes after every idle one (LRU among the busy)
 
 
 def merged(occupants: Sequence[Occupant], node: str, exclude: str, busy_may_go: bool = False) -> list[Loaded]:
@@ -140,7 +140,7 @@ def merged(occupants: Sequence[Occupant], node: str, exclude: str, busy_may_go: 
         in_flight = max(o.in_flight, seen.in_flight if seen else 0)
         last = o.last_used
         if in_flight and busy_may_go:
-            in_flight, last = 0, BUSY_LAST
+            in_flight, last = 0, BUSY_AFTER + o.last_used
         by_name[o.name] = Loaded(o.name, o.type, footprint, last, o.pinned, in_flight=in_flight, loading=loading)
     return sorted(by_name.values(), key=lambda m: m.name)
 
