@@ -674,8 +674,10 @@ OPERATOR_PERMISSIONS = (
     | perms("cluster", "apiextensions.k8s.io", "customresourcedefinitions", "list watch")
     | perms("cluster", "", "namespaces", "list watch")
 )
-ROUTER_PERMISSIONS = perms(NAMESPACE, GROUP, "localmodels", "get list watch patch") | perms(
-    NAMESPACE, GROUP, "localmodels/scale", "get patch update"
+ROUTER_PERMISSIONS = (
+    perms(NAMESPACE, GROUP, "localmodels", "get list watch patch")
+    | perms(NAMESPACE, GROUP, "localmodels/scale", "get patch update")
+    | perms(NAMESPACE, "discovery.k8s.io", "endpointslices", "list watch")
 )
 
 
