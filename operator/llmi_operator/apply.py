@@ -33,7 +33,8 @@ class Applier:
         self.notify = notify
         self.clock = clock
 
-    def apply(self, body: Mapping[str, Any], plan: Plan) -> None:
+    def apply(self, body: Mapping[str, Any], plan: Plan, deployment: Mapping[str, Any] | None = None) -> None:
+        """``deployment``: the Deployment as the pass observed it (saves reading it again)."""
         meta = body["metadata"]
         ns, name = meta["namespace"], meta["name"]
         if plan.own_patch is not None:
@@ -41,7 +42,7 @@ class Applier:
         if plan.service is not None:
             self.ensure(api_path("v1", "services", ns), plan.service)
         if plan.deployment is not None:
-            self.ensure(api_path("apps/v1", "deployments", ns), plan.deployment)
+            self.ensure(api_path("apps/v1", "deployments", ns), plan.deployment, deployment)
         for victim in plan.victims:
             self.victim(ns, victim)
         for kind, reason, message in plan.events:
@@ -62,10 +63,15 @@ class Applier:
         self.notify(written, *victim.event)
         return True
 
-    def ensure(self, collection: str, desired: dict[str, Any]) -> dict[str, Any] | None:
-        """Get, create or patch one child by its deterministic name; nothing is written when it matches."""
+    def ensure(
+        self, collection: str, desired: dict[str, Any], observed: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Get (unless the pass just read it as ``observed``: only passes of this model, which hold its
+        lock, write its children), create or patch one child by its deterministic name; nothing is
+        written when it matches."""
         path = f"{collection}/{desired['metadata']['name']}"
-        observed = self.kube.get(path)
+        if observed is None:
+            observed = self.kube.get(path)
         if observed is None:
             try:
                 return self.kube.create(collection, desired)

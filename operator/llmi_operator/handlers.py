@@ -158,8 +158,7 @@ def register(
         registry=registry,
     )
     def tick(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-        memo.reconciler.scale_idle(namespace, name)
-        memo.reconciler.reconcile(namespace, name)
+        memo.reconciler.tick(namespace, name)
 
     @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: OPERATOR_APP}, registry=registry)
     def child_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:

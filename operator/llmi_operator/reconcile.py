@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llmi.catalog.scan import describe
 from llmi.localmodel import LABEL_MANAGED_BY, LABEL_NAME, OPERATOR_APP, RUNTIME_APP, busy, child_name, reports_of
@@ -104,48 +105,59 @@ class Reconciler:
 
     def reconcile(self, namespace: str, name: str) -> Result:
         with self._models.holding(name):
-            inputs = self.observe(namespace, name)
-            if inputs is None:
-                return Result()
-            plan = plan_pass(inputs, None, self.config, self.timing)
-            if isinstance(plan, NeedsCluster):
-                plan = self._decide(namespace, name, plan)
-                if plan is None:
-                    return Result()
-            else:
-                self.applier.apply(inputs.body, plan)
-            return Result(plan.retry_after, plan.invalid)
+            return self._pass(namespace, name)
 
-    def scale_idle(self, namespace: str, name: str) -> bool:
-        """Scale a Ready, unpinned model to zero once unused for longer than its idleTimeout and with
-        no request in flight at any router."""
+    def _pass(self, namespace: str, name: str, body: Mapping[str, Any] | None = None) -> Result:
+        inputs = self.observe(namespace, name, body)
+        if inputs is None:
+            return Result()
+        plan = plan_pass(inputs, None, self.config, self.timing)
+        if isinstance(plan, NeedsCluster):
+            decided = self._decide(namespace, name, plan)
+            if decided is None:
+                return Result()
+            plan = decided
+        else:
+            self.applier.apply(inputs.body, plan, inputs.deployment)
+        return Result(plan.retry_after, plan.invalid)
+
+    def tick(self, namespace: str, name: str) -> Result:
+        """The timer's pass: scale an idle model to zero (the spec change brings the pass that
+        follows it), else reconcile, from one read of the model."""
         with self._models.holding(name):
             body = self.kube.get(lm_path(namespace, name))
-            if body is None or (body.get("status") or {}).get("phase") != "Ready":
+            if body is None or self._scaled_idle(body):
+                return Result()
+            return self._pass(namespace, name, body)
+
+    def _scaled_idle(self, body: Mapping[str, Any]) -> bool:
+        """Scale a Ready, unpinned model to zero once unused for longer than its idleTimeout and with
+        no request in flight at any router."""
+        if (body.get("status") or {}).get("phase") != "Ready":
+            return False
+        try:
+            spec = parse_spec(body.get("spec") or {})
+        except InvalidSpec:
+            return False
+        if spec.replicas != 1 or spec.pinned or spec.idle_timeout_s is None:
+            return False
+        now = self.clock()
+        idle = now - last_used(body)
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        if idle <= spec.idle_timeout_s or busy(reports_of(annotations), now, self.settings.report_stale_s):
+            return False
+        meta = body["metadata"]
+        patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "spec": {"replicas": 0}}
+        try:
+            if self.kube.patch(lm_path(meta["namespace"], meta["name"]), patch) is None:
                 return False
-            try:
-                spec = parse_spec(body.get("spec") or {})
-            except InvalidSpec:
-                return False
-            if spec.replicas != 1 or spec.pinned or spec.idle_timeout_s is None:
-                return False
-            now = self.clock()
-            idle = now - last_used(body)
-            annotations = (body.get("metadata") or {}).get("annotations") or {}
-            if idle <= spec.idle_timeout_s or busy(reports_of(annotations), now, self.settings.report_stale_s):
-                return False
-            meta = body["metadata"]
-            patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "spec": {"replicas": 0}}
-            try:
-                if self.kube.patch(lm_path(namespace, name), patch) is None:
-                    return False
-            except Conflict:
-                return False
-            log.info("%s/%s: idle for %.0fs, scaling to zero", namespace, name, idle)
-            self.notify(
-                body, "Normal", "ScaledToZero", f"no requests for {idle:.0f}s (idleTimeout {spec.idle_timeout_s:.0f}s)"
-            )
-            return True
+        except Conflict:
+            return False
+        log.info("%s/%s: idle for %.0fs, scaling to zero", meta["namespace"], meta["name"], idle)
+        self.notify(
+            body, "Normal", "ScaledToZero", f"no requests for {idle:.0f}s (idleTimeout {spec.idle_timeout_s:.0f}s)"
+        )
+        return True
 
     def delete_children(self, namespace: str, name: str) -> None:
         """Explicit cleanup on delete (ownerReferences would also let the garbage collector do it)."""
@@ -155,9 +167,10 @@ class Reconciler:
 
     # Observe.
 
-    def observe(self, namespace: str, name: str) -> ModelInputs | None:
-        """The model, its Deployment and live pods, its memory and folder; None when it is gone."""
-        body = self.kube.get(lm_path(namespace, name))
+    def observe(self, namespace: str, name: str, body: Mapping[str, Any] | None = None) -> ModelInputs | None:
+        """The model (unless just read), its Deployment and live pods, its memory and folder; None
+        when it is gone."""
+        body = body if body is not None else self.kube.get(lm_path(namespace, name))
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return None
         ref = ref_of(body)
@@ -203,7 +216,7 @@ class Reconciler:
                 return None
             plan = plan_pass(inputs, self.observe_cluster(namespace, nodes), self.config, self.timing)
             assert not isinstance(plan, NeedsCluster)
-            self.applier.apply(inputs.body, plan)
+            self.applier.apply(inputs.body, plan, inputs.deployment)
             return plan
 
     # Helpers.

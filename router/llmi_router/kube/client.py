@@ -19,6 +19,7 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from llmi import __version__
 from llmi.localmodel import GROUP, LABEL_NAME, PLURAL, RUNTIME_APP, VERSION
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -62,6 +63,7 @@ class KubeClient:
         """Made on first use, inside the event loop that serves (its aiohttp session belongs there)."""
         if self._api is None:
             self._api = client.ApiClient(self.configuration)
+            self._api.user_agent = f"llmi-router/{__version__}"  # in the API server's audit log
         return self._api
 
     async def list(self, resource: Resource) -> tuple[list[dict[str, Any]], str | None]:
