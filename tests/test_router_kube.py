@@ -186,17 +186,22 @@ async def test_failed_phase_is_503_with_the_operators_message() -> None:
 
 
 @aio
-async def test_a_refused_scale_up_is_503_with_the_reason() -> None:
-    async with api_server() as c, router_in_process(c, settings()) as router, httpx.AsyncClient(timeout=30) as http:
-        c.emulator.faults.append(
-            lambda r: (403, 'cannot patch resource "localmodels/scale"') if r.subresource == "scale" else None
-        )
+async def test_a_refused_scale_up_is_503_with_the_reason_and_the_next_request_tries_again() -> None:
+    quick = settings(queue_timeout_s=1)
+    async with api_server() as c, router_in_process(c, quick) as router, httpx.AsyncClient(timeout=30) as http:
+        refuse = lambda r: (403, 'cannot patch resource "localmodels/scale"') if r.subresource == "scale" else None  # noqa: E731
+        c.emulator.faults.append(refuse)
         await c.create(EMBED, "embedding")
         await eventually(lambda: router.control.model_type(EMBED), what="the watch to see the model")
         resp = await http.post(f"{router.url}/v1/embeddings", json=embed_body())
         assert resp.status_code == 503
         assert resp.json()["error"]["code"] == "scale_failed"
         assert "cannot patch" in resp.json()["error"]["message"]
+        c.emulator.faults.remove(refuse)
+        again = await http.post(f"{router.url}/v1/embeddings", json=embed_body())
+        assert again.json()["error"]["code"] == "model_not_ready"  # scaled this time; no operator here
+        assert len(c.scale_patches(EMBED)) == 2
+        assert c.obj(EMBED)["spec"]["replicas"] == 1
 
 
 @aio

@@ -42,9 +42,7 @@ class _Model:
     in_flight: int = 0
     last_request: float | None = None
     refused: set[str] = field(default_factory=set)  # endpoints that refused a connection
-    scaling: asyncio.Task[str | None] | None = None
-    scale_error: str | None = None
-    scale_status: int = 0
+    scaling: asyncio.Task[tuple[int, str] | None] | None = None  # the scale-up in flight: (status, why) if it failed
     scaled_at: float | None = None
 
 
@@ -166,6 +164,7 @@ class KubeControlPlane:
             raise TooManyRequests(f"Too many requests are waiting for '{model}'.", retry_after=1)
         m.waiting += 1
         self.metrics.queue.labels(model).inc()
+        joined: asyncio.Task[tuple[int, str] | None] | None = None
         try:
             while True:
                 if self._closing:
@@ -182,14 +181,14 @@ class KubeControlPlane:
                         retry_after=FAILED_RETRY_S,
                         code="model_failed",
                     )
-                if m.scale_error is not None:
-                    if m.scale_status == 404:
+                if joined is not None and joined.done() and (failed := joined.result()) is not None:
+                    if failed[0] == 404:
                         raise ModelNotFound(model)
                     raise Unavailable(
-                        f"Model '{model}' could not be scaled up: {m.scale_error}", retry_after=5, code="scale_failed"
+                        f"Model '{model}' could not be scaled up: {failed[1]}", retry_after=5, code="scale_failed"
                     )
                 if view.replicas < 1 and view.drain is None:
-                    self._scale_up(m)
+                    joined = self._scale_up(m)
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     raise NotReadyInTime(model, deadline_s)
@@ -281,26 +280,28 @@ class KubeControlPlane:
             return Wanted()
         return Wanted(m.in_flight, m.last_request, m.view.drain is not None)
 
-    def _scale_up(self, m: _Model) -> None:
-        """The one scale-up in flight for the model (started if there is none)."""
+    def _scale_up(self, m: _Model) -> asyncio.Task[tuple[int, str] | None]:
+        """The one scale-up in flight for the model (started if there is none); a request that
+        joins a failed one answers 503, the next request tries again."""
         if m.scaling is None or m.scaling.done():
             m.scaling = asyncio.create_task(self._patch_scale(m))
+        return m.scaling
 
-    async def _patch_scale(self, m: _Model) -> str | None:
+    async def _patch_scale(self, m: _Model) -> tuple[int, str] | None:
         name = m.view.name
         log.info("scaling %s up to 1 replica", name)
+        failed: tuple[int, str] | None = None
         try:
             await self.kube.scale(name, 1)
         except Exception as exc:  # waiters must get an answer, not an unretrieved task exception
-            m.scale_error = reason(exc, LOCALMODELS)
-            m.scale_status = exc.status if isinstance(exc, ApiException) else 0
-            log.error("cannot scale %s up: %s", name, m.scale_error)
+            failed = (exc.status if isinstance(exc, ApiException) else 0, reason(exc, LOCALMODELS))
+            log.error("cannot scale %s up: %s", name, failed[1])
         else:
             m.scaled_at = m.scaled_at if m.scaled_at is not None else self.clock()
             # Until the watch confirms it, so that later requests wait instead of patching again.
             m.view = _with_replicas(m.view, 1)
         self._notify(m)
-        return m.scale_error
+        return failed
 
     # -- the watches ----------------------------------------------------------------------
 
@@ -331,8 +332,6 @@ class KubeControlPlane:
             old_phase = m.view.phase
             if view.drain is not None and m.view.drain is None:
                 self.publisher.poke(view.name)  # tell the operator at once what is still in flight here
-            if view.replicas >= 1 or view.phase != m.view.phase:
-                m.scale_error = None
             m.view = view
         if m.scaled_at is not None and (view.ready or view.phase == "Failed"):
             self.metrics.loads.labels(view.name, "ok" if view.ready else "failed").inc()
