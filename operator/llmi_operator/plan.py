@@ -265,7 +265,16 @@ def _decided(
             own_patch,
         )
     if isinstance(decision, b.Wait):
-        waiting = Outcome("Loading", "WaitingForRoom", f"waiting for room: {decision.reason}", memory_bytes=memory)
+        # Room made for us (victims stopped, their pods still going) stays reserved meanwhile.
+        reserved = status.get("node") if isinstance(status.get("memory"), int) else None
+        waiting = Outcome(
+            "Loading",
+            "WaitingForRoom",
+            f"waiting for room: {decision.reason}",
+            node=reserved,
+            placement=status.get("placement") if reserved else None,
+            memory_bytes=status["memory"] if reserved else memory,
+        )
         return Plan(waiting, service, deployment(None, 0), own_patch, retry_after=timing.retry_s)
     victims = tuple(
         _drain(cluster.models[v], me, decision.node, inputs.now) for v in decision.victims if v in cluster.models
