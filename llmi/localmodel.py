@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import ByteSize, TypeAdapter, ValidationError
 
+from llmi.protocol.models import PublicState
+
 GROUP = "llmi.dev"
 VERSION = "v1alpha1"
 PLURAL = "localmodels"
@@ -57,7 +59,7 @@ Phase = Literal["Available", "Loading", "Ready", "Draining", "Evicted", "Failed"
 PHASES: tuple[Phase, ...] = ("Available", "Loading", "Ready", "Draining", "Evicted", "Failed")
 # What /v1/models shows for each phase. Evicted is like Available (the next request loads it);
 # a Draining model finishes what it has but takes no new requests, so it reads as unloading.
-PUBLIC_STATE: dict[str, str] = {
+PUBLIC_STATE: dict[str, PublicState] = {
     "Available": "available",
     "Loading": "loading",
     "Ready": "ready",

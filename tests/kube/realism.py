@@ -18,7 +18,9 @@ for a declared resource itself, the way an API server would:
 - list and watch: label and field selectors; a watch from a resourceVersion replays what came
   after it, without one it starts with every object as ADDED.
 
-Also patched: kmock's path parser, for the namespace paths it cannot parse. Not emulated: garbage
+Also patched: kmock's path parser, for the namespace paths it cannot parse, and its watch detection,
+which knows ``?watch=true`` but not kubernetes_asyncio's ``?watch=True``. Tests inject API failures
+through ``Emulator.faults``. Not emulated: garbage
 collection, controllers, admission, defaulting and schema validation.
 """
 

@@ -213,7 +213,7 @@ class KubeControlPlane:
                     id=name,
                     created=view.created,
                     type=view.type,
-                    state=PUBLIC_STATE.get(phase, "available"),  # type: ignore[arg-type]
+                    state=PUBLIC_STATE.get(phase, "available"),
                     memory_bytes=view.memory_bytes,
                     memory_estimated_bytes=view.memory_bytes,
                     placement=view.placement,
