@@ -60,7 +60,7 @@ def operator_settings(namespace: str, models_dir: Path, **overrides: Any) -> Ope
 
 
 @contextlib.asynccontextmanager
-async def running_operator(settings: OperatorSettings) -> AsyncIterator[None]:
+async def running_operator(settings: OperatorSettings, stop_within_s: float = 30.0) -> AsyncIterator[None]:
     """kopf with a fresh registry, standalone, in its own thread and event loop; stopped on exit.
 
     Its own loop because kopf, when it stops, cancels every task created in its loop while it ran,
@@ -94,7 +94,7 @@ async def running_operator(settings: OperatorSettings) -> AsyncIterator[None]:
         yield
     finally:
         stop.set()
-        await asyncio.to_thread(thread.join, 30)
+        await asyncio.to_thread(thread.join, stop_within_s)
         assert not thread.is_alive(), "the operator did not stop"
     if failure:
         raise failure[0]
