@@ -50,8 +50,17 @@ from llmi.localmodel import child_name
 from llmi.settings import Settings
 from llmi_router.kube.control import KubeControlPlane
 from llmi_router.kube.publish import Timing
-from tests.kube.cluster import GIB, LM, NODES, FakeCluster, local_model, node, operator_settings, running_operator
-from tests.kube.test_operator import replay_budget
+from tests.kube.cluster import (
+    GIB,
+    LM,
+    NODES,
+    FakeCluster,
+    local_model,
+    node,
+    operator_settings,
+    replay_budget,
+    running_operator,
+)
 from tests.kube_fixtures import api_server, control_plane
 
 NODE_BUDGET = 8 * GIB

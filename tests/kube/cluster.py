@@ -25,7 +25,7 @@ from llmi.localmodel import ANNOTATION_FOOTPRINT, LABEL_NAME, PORT_NAME, RUNTIME
 from llmi_operator.children import HOSTNAME_LABEL
 from llmi_operator.handlers import register
 from llmi_operator.settings import OperatorSettings
-from tests.kube.realism import Emulator
+from tests.kube.realism import Emulator, Write
 from tests.kube_fixtures import SLICES, eventually
 from tests.servers import RuntimeProcess, runtime_env, start_runtime
 
@@ -262,3 +262,44 @@ class FakeCluster:
 
 def footprint(obj: Mapping[str, Any]) -> int:
     return int((obj.get("metadata") or {}).get("annotations", {}).get(ANNOTATION_FOOTPRINT, 0))
+
+
+def replay_budget(writes: list[Write], budgets: Mapping[str, int]) -> list[tuple[str, int]]:
+    """Replay every write in order; at each step no node may hold more than its budget.
+
+    A model holds its footprint on a node from the moment its Deployment is scaled up there
+    until its Deployment is scaled down and its last pod is gone. Returns the order in which
+    Deployments' replicas changed.
+    """
+    deployments: dict[str, tuple[int, str | None, int]] = {}
+    pods: dict[str, tuple[str, str, int]] = {}
+    changes: list[tuple[str, int]] = []
+    for write in writes:
+        obj = write.object
+        if write.resource == DEPLOYMENTS:
+            replicas = int(obj["spec"].get("replicas", 1)) if write.type != "DELETED" else 0
+            template = obj["spec"]["template"]
+            where = (template["spec"].get("nodeSelector") or {}).get("kubernetes.io/hostname")
+            previous = deployments.get(write.name)
+            deployments[write.name] = (replicas, where, footprint(template))
+            if previous is None or previous[0] != replicas:
+                changes.append((write.name, replicas))
+        elif write.resource == PODS:
+            if write.type == "DELETED":
+                pods.pop(write.name, None)
+            else:
+                pods[write.name] = (
+                    obj["metadata"]["labels"]["fake/deployment"],
+                    obj["spec"]["nodeName"],
+                    footprint(obj),
+                )
+        held: dict[tuple[str, str], int] = {}
+        for name, (replicas, where, size) in deployments.items():
+            if replicas > 0 and where:
+                held[where, name] = size
+        for owner, where, size in pods.values():
+            held[where, owner] = max(size, held.get((where, owner), 0))
+        for where, budget in budgets.items():
+            total = sum(size for (n, _), size in held.items() if n == where)
+            assert total <= budget, f"node {where} holds {total / GIB:.1f} GiB at write {write.rv}: {held}"
+    return changes

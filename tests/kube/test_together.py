@@ -23,10 +23,20 @@ from llmi.settings import Settings
 from llmi_router.kube.control import KubeControlPlane
 from llmi_router.kube.publish import Timing
 from llmi_router.ports import OnceLease
-from tests.kube.cluster import DEPLOYMENTS, EVENTS, GIB, LM, NODES, FakeCluster, local_model, node, running_operator
+from tests.kube.cluster import (
+    DEPLOYMENTS,
+    EVENTS,
+    GIB,
+    LM,
+    NODES,
+    FakeCluster,
+    local_model,
+    node,
+    replay_budget,
+    running_operator,
+)
 from tests.kube.cluster import operator_settings as base_operator_settings
 from tests.kube.conftest import KubeEnv
-from tests.kube.test_operator import replay_budget
 from tests.kube_fixtures import control_plane, eventually, router_in_process
 
 CHAT, EMBED = "tiny-llama-chat", "tiny-bert-embed"
