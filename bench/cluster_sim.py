@@ -146,12 +146,15 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
             ns,
             work / "absent",
             reconcile_interval_s=10.0,
-            retry_delay_s=0.5,
+            retry_delay_s=2.0,
             discovery_interval_s=3600,
             drain_grace_s=1.0,
             drain_timeout_s=args.deadline_s,
         )
-        async with FakeCluster(e, ns, on_pod_gone=tally.pod_gone), running_operator(op, stop_within_s=300):
+        async with (
+            FakeCluster(e, ns, on_pod_gone=tally.pod_gone, period_s=0.1),
+            running_operator(op, stop_within_s=300),
+        ):
             routers = [
                 await control_plane(api, settings, router_id=f"router-{i}", timing=timing) for i in range(args.routers)
             ]

@@ -139,9 +139,11 @@ class FakeCluster:
     runtimes: dict[str, Path] = field(default_factory=dict)  # Deployment name -> model folder to serve
     log_dir: Path | None = None
     on_pod_gone: Callable[[str], None] | None = None  # called with the Deployment name
+    period_s: float = 0.02  # the controllers' resync period
     processes: dict[str, RuntimeProcess] = field(default_factory=dict)  # pod name -> its runtime
     _ready: set[str] = field(default_factory=set)  # pods whose runtime answered /readyz
     _stopping: dict[str, asyncio.Task[int]] = field(default_factory=dict)
+    _slices: dict[str, dict[str, Any]] = field(default_factory=dict)  # what was last written
     _task: asyncio.Task[None] | None = None
     _http: httpx.AsyncClient | None = None
 
@@ -164,18 +166,20 @@ class FakeCluster:
     async def _run(self) -> None:
         while True:
             await self.sync()
-            await asyncio.sleep(0.02)  # a controller's resync period, not a test synchronisation
+            await asyncio.sleep(self.period_s)  # a controller's resync period, not a test synchronisation
 
     async def sync(self) -> None:
         e, ns = self.emulator, self.namespace
         deployments = {d["metadata"]["name"]: d for d in e.find_all(DEPLOYMENTS, ns)}
+        pods: dict[str, list[dict[str, Any]]] = {}
         for pod in e.find_all(PODS, ns):
             owner = pod["metadata"]["labels"].get("fake/deployment")
             wanted = deployments.get(owner or "")
             if (wanted is None or wanted["spec"].get("replicas", 1) == 0) and owner not in self.hold_pods:
                 await self._terminate(pod, owner or "")
+            pods.setdefault(owner or "", []).append(pod)
         for name, deployment in deployments.items():
-            mine = [p for p in e.find_all(PODS, ns, f"fake/deployment={name}")]
+            mine = [p for p in pods.get(name, []) if e.find(PODS, ns, p["metadata"]["name"]) is not None]
             replicas = int(deployment["spec"].get("replicas", 1))
             if replicas > 0 and not mine:
                 mine.append(await e.apply_create(PODS, ns, self._pod(name, deployment)))
@@ -244,11 +248,14 @@ class FakeCluster:
             "ports": [{"name": PORT_NAME, "port": port, "protocol": "TCP"}],
             "endpoints": endpoints,
         }
-        current = self.emulator.find(SLICES, self.namespace, body["metadata"]["name"])
-        if current is None:
+        name = body["metadata"]["name"]
+        if self._slices.get(name) == body:
+            return  # written already (only this controller writes slices)
+        if self.emulator.find(SLICES, self.namespace, name) is None:
             await self.emulator.apply_create(SLICES, self.namespace, body)
-        elif {k: current.get(k) for k in ("ports", "endpoints")} != {k: body[k] for k in ("ports", "endpoints")}:
-            await self.emulator.apply_patch(SLICES, self.namespace, body["metadata"]["name"], body)
+        else:
+            await self.emulator.apply_patch(SLICES, self.namespace, name, body)
+        self._slices[name] = body
 
     def _pod(self, name: str, deployment: Mapping[str, Any]) -> dict[str, Any]:
         template = deployment["spec"]["template"]
