@@ -108,8 +108,11 @@ async def test_scale_up_on_demand_through_llmi_router(
             assert models[CHAT]["placement"] == "cpu"
 
             # Finished requests leave the last-request time on the LocalModel (RFC 3339, UTC).
-            await eventually(lambda: c.annotation_patches(EMBED), what="the last-request annotation")
-            stamp = c.obj(EMBED)["metadata"]["annotations"][ANNOTATION_LAST_REQUEST]
+            # (The router's in-flight report is an annotation patch too: wait for the stamp itself.)
+            stamp = await eventually(
+                lambda: (c.obj(EMBED)["metadata"].get("annotations") or {}).get(ANNOTATION_LAST_REQUEST),
+                what="the last-request annotation",
+            )
             assert stamp.endswith("Z")
             age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
             assert dt.timedelta(0) <= age < dt.timedelta(minutes=5)
