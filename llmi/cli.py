@@ -108,6 +108,9 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="record a model's last request time at most this often (default: 30 s)",
     )
+    parser.add_argument(
+        "--router-id", help="this replica's name in its in-flight reports to the operator (default: the host name)"
+    )
 
 
 def add_operator_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,14 +1,14 @@
-"""kmock's Kubernetes emulator set up for LocalModels, and helpers that play the operator.
+"""One emulated API server for the router's and the operator's tests (kmock plus tests/kube/realism.py).
 
-kmock 0.8 stores objects and streams watch events, but answers a scale PATCH with the whole
-object, never sets resourceVersion, and a POST does not fill in metadata.namespace (so objects
-are always created with it here: namespaced watches match on it).
+``api_server()`` starts it with the built-in resources, the LocalModel CRD from crds/ and the test
+namespace; ``ApiServer`` has the helpers tests use to play whichever side is not under test
+(status writes, EndpointSlices, the request log). ``router_in_process`` runs a real router app
+with a KubeControlPlane against it, on a real socket, in the test's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,106 +16,101 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import kmock
 import uvicorn
 import yaml
 
+from llmi.localmodel import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    LABEL_NAME,
+    PLURAL,
+    PORT_NAME,
+    RUNTIME_APP,
+    SERVICE_NAME_LABEL,
+    VERSION,
+    child_name,
+)
 from llmi.settings import Settings
-from llmi_router.app import build_router_app
-from llmi_router.embedded.process import free_port
-from llmi_router.kube import KubeApi, KubeConnection, KubeControlPlane
+from llmi_router.kube.app import build_kube_app
+from llmi_router.kube.client import KubeClient, connect
+from llmi_router.kube.control import KubeControlPlane
 from llmi_router.metrics import RouterMetrics
+from tests.kube.realism import Emulator, kubeconfig
+from tests.servers import free_port
 
 NAMESPACE = "llmi-test"
 CRD = Path(__file__).resolve().parents[1] / "crds" / "localmodels.llmi.dev.yaml"
+LM = kmock.resource(f"{GROUP}/{VERSION}/{PLURAL}")
+SLICES = kmock.resource("discovery.k8s.io/v1/endpointslices")
 T = TypeVar("T")
 
 
-def localmodel_resource(k: kmock.KubernetesEmulator) -> kmock.resource:
-    """Declare LocalModel for discovery and listing (from the CRD when the repository has it)."""
-    names: dict[str, Any] = {"kind": "LocalModel", "plural": "localmodels", "singular": "localmodel"}
-    group, version, subresources = "llmi.dev", "v1alpha1", {"status", "scale"}
-    if CRD.is_file():
-        crd = yaml.safe_load(CRD.read_text())
-        names, group = crd["spec"]["names"], crd["spec"]["group"]
-        served = next(v for v in crd["spec"]["versions"] if v.get("served"))
-        version, subresources = served["name"], set(served.get("subresources") or {})
-    resource = kmock.resource(f"{group}/{version}/{names['plural']}")
-    k.resources[resource] = kmock.ResourceInfo(
-        kind=names["kind"],
-        singular=names.get("singular"),
-        namespaced=True,
-        shortnames=set(names.get("shortNames") or []),
-        categories=set(names.get("categories") or []),
-        subresources=subresources,
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-    )
-    # The emulator already merges {"spec": {"replicas": N}} into the object (specReplicasPath is
-    # .spec.replicas); a real API server answers with an autoscaling/v1 Scale, so do that too.
-    k["patch", resource, kmock.subresource("scale")] << (lambda req: _scale(k, resource, req))
-    return resource
-
-
-def _scale(k: kmock.KubernetesEmulator, resource: kmock.resource, req: kmock.Request) -> dict[str, Any]:
-    obj = k.objects[resource, req.namespace, req.name]
-    return {
-        "apiVersion": "autoscaling/v1",
-        "kind": "Scale",
-        "metadata": {"name": req.name, "namespace": req.namespace},
-        "spec": {"replicas": obj.get("spec", {}).get("replicas", 0)},
-        "status": {"replicas": obj.get("status", {}).get("replicas", 0)},
-    }
-
-
 @dataclass
-class Cluster:
-    """The emulator, its URL, and the operator's side of the LocalModel contract."""
+class ApiServer:
+    """The running emulator, its URL and namespace, and what tests do on it."""
 
-    k: kmock.KubernetesEmulator
-    resource: kmock.resource
+    emulator: Emulator
     url: str
-    http: httpx.AsyncClient
-
-    @property
-    def base(self) -> str:
-        r = self.resource
-        return f"/apis/{r.group}/{r.version}/namespaces/{NAMESPACE}/{r.plural}"
+    namespace: str = NAMESPACE
 
     async def create(self, name: str, type_: str, replicas: int = 0, **spec: Any) -> None:
         body = {
-            "apiVersion": f"{self.resource.group}/{self.resource.version}",
-            "kind": "LocalModel",
-            "metadata": {"name": name, "namespace": NAMESPACE},
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": name},
             "spec": {"path": name, "type": type_, "replicas": replicas, **spec},
         }
-        (await self.http.post(self.base, json=body)).raise_for_status()
+        await self.emulator.apply_create(LM, self.namespace, body)
 
     async def set_status(self, name: str, **status: Any) -> None:
         """What the operator does: a merge patch of /status (the watch sees MODIFIED)."""
-        resp = await self.http.patch(
-            f"{self.base}/{name}/status",
-            content=json.dumps({"status": status}),
-            headers={"Content-Type": "application/merge-patch+json"},
-        )
-        resp.raise_for_status()
+        await self.emulator.apply_patch(LM, self.namespace, name, {"status": status}, subresource="status")
+
+    async def set_endpoints(self, name: str, *urls: str, ready: bool = True) -> None:
+        """What the EndpointSlice controller does for the model's Service: one slice, its endpoints."""
+        ports = {int(u.rsplit(":", 1)[1]) for u in urls} or {8000}
+        body = {
+            "metadata": {
+                "name": f"{child_name(name)}-abcde",
+                "labels": {SERVICE_NAME_LABEL: child_name(name), LABEL_NAME: RUNTIME_APP},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": PORT_NAME, "port": ports.pop(), "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": [u.split("//")[1].rsplit(":", 1)[0]], "conditions": {"ready": ready}} for u in urls
+            ],
+        }
+        if self.emulator.find(SLICES, self.namespace, body["metadata"]["name"]) is None:
+            await self.emulator.apply_create(SLICES, self.namespace, body)
+        else:
+            await self.emulator.apply_patch(SLICES, self.namespace, body["metadata"]["name"], body)
+
+    async def set_ready(self, name: str, url: str, **status: Any) -> None:
+        """Ready as the operator and the cluster report it: the status and a ready endpoint."""
+        await self.set_endpoints(name, url)
+        await self.set_status(name, phase="Ready", endpoint=f"http://{child_name(name)}.svc:8000", **status)
+
+    async def patch(self, name: str, body: dict[str, Any]) -> None:
+        await self.emulator.apply_patch(LM, self.namespace, name, body)
 
     async def delete(self, name: str) -> None:
-        (await self.http.delete(f"{self.base}/{name}")).raise_for_status()
+        await self.emulator.apply_delete(LM, self.namespace, name)
 
     def obj(self, name: str) -> dict[str, Any]:
-        return dict(self.k.objects[self.resource, NAMESPACE, name].raw)
+        return self.emulator.find(LM, self.namespace, name) or {}
 
     def requests(self, method: str, name: str | None = None, subresource: str | None = None) -> list[kmock.Request]:
         """Recorded requests on LocalModels (``name`` None: collection requests)."""
         return [
             r
-            for r in self.k
-            if r.resource == self.resource
+            for r in self.emulator
+            if r.resource == LM
             and r.method == method
             and r.name == name
             and r.subresource == subresource
-            and r.namespace == NAMESPACE
+            and r.namespace == self.namespace
         ]
 
     def scale_patches(self, name: str) -> list[kmock.Request]:
@@ -124,14 +119,26 @@ class Cluster:
     def annotation_patches(self, name: str) -> list[kmock.Request]:
         return [r for r in self.requests("PATCH", name) if "annotations" in (r.data or {}).get("metadata", {})]
 
+    def kubeconfig(self, path: Path) -> Path:
+        path.write_text(kubeconfig(self.url, self.namespace))
+        return path
+
 
 @asynccontextmanager
-async def cluster() -> AsyncIterator[Cluster]:
-    async with kmock.KubernetesEmulator() as k, kmock.Server(k) as server:
-        resource = localmodel_resource(k)
-        url = str(server.url).rstrip("/")
-        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-            yield Cluster(k, resource, url, http)
+async def api_server(namespace: str = NAMESPACE) -> AsyncIterator[ApiServer]:
+    """An emulated API server with the built-in resources, the LocalModel CRD and ``namespace``."""
+    async with Emulator() as emulator, kmock.Server(emulator) as server:
+        emulator.declare_builtins()
+        crd = yaml.safe_load(CRD.read_text())
+        emulator.declare_crd(crd)
+        await emulator.apply_create(kmock.resource("apiextensions.k8s.io/v1/customresourcedefinitions"), None, crd)
+        await emulator.apply_create(kmock.resource("v1/namespaces"), None, {"metadata": {"name": namespace}})
+        yield ApiServer(emulator, str(server.url).rstrip("/"), namespace)
+
+
+async def control_plane(api: ApiServer, settings: Settings, **options: Any) -> KubeControlPlane:
+    configuration, namespace = await connect(api.url, api.namespace)
+    return KubeControlPlane(KubeClient(configuration, namespace), settings, RouterMetrics(), **options)
 
 
 @dataclass
@@ -142,12 +149,11 @@ class Router:
 
 
 @asynccontextmanager
-async def router_in_process(c: Cluster, settings: Settings, **options: Any) -> AsyncIterator[Router]:
+async def router_in_process(api: ApiServer, settings: Settings, **options: Any) -> AsyncIterator[Router]:
     """The router app with a KubeControlPlane (``options``: its keyword arguments) on a real socket,
-    in this event loop, so the test can play the operator in kmock while requests wait."""
-    metrics = RouterMetrics()
-    control = KubeControlPlane(KubeApi(KubeConnection(c.url), NAMESPACE), settings, metrics, **options)
-    app = build_router_app(control, settings, metrics, startup=control.start)
+    in this event loop, so the test can play the operator while requests wait."""
+    control = await control_plane(api, settings, **options)
+    app = build_kube_app(control, settings, control.metrics)
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan="on")
     server = uvicorn.Server(config)
@@ -163,16 +169,16 @@ async def router_in_process(c: Cluster, settings: Settings, **options: Any) -> A
         await task
 
 
-async def eventually(check: Callable[[], T], timeout_s: float = 30.0, what: str = "a condition") -> T:
+async def eventually(check: Callable[[], T], what: str = "a condition", within: float = 30.0) -> T:
     """Poll ``check`` until it returns something truthy: synchronisation on observable state."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
+    deadline = loop.time() + within
     while True:
         value = check()
         if value:
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+            raise AssertionError(f"timed out after {within:.0f}s waiting for {what}")
         await asyncio.sleep(0.02)
 
 

@@ -33,6 +33,8 @@ from unittest import mock
 import pytest
 import yaml
 
+from llmi.localmodel import PHASES
+
 kubernetes_validate = pytest.importorskip(
     "kubernetes_validate", reason="kubernetes-validate (dev extra) is not installed"
 )
@@ -580,9 +582,7 @@ def contract_problems(crd: dict[str, Any]) -> list[str]:
     expect("spec.engineArgs items", field("engineArgs", "items"), {"type": "string"})
 
     status = schema.get("properties", {}).get("status", {}).get("properties", {})
-    expect(
-        "status.phase.enum", status.get("phase", {}).get("enum"), ["Available", "Loading", "Ready", "Evicted", "Failed"]
-    )
+    expect("status.phase.enum", status.get("phase", {}).get("enum"), list(PHASES))
     condition = status.get("conditions", {}).get("items", {}).get("properties", {})
     expect(
         "status.conditions fields",
@@ -674,8 +674,10 @@ OPERATOR_PERMISSIONS = (
     | perms("cluster", "apiextensions.k8s.io", "customresourcedefinitions", "list watch")
     | perms("cluster", "", "namespaces", "list watch")
 )
-ROUTER_PERMISSIONS = perms(NAMESPACE, GROUP, "localmodels", "get list watch patch") | perms(
-    NAMESPACE, GROUP, "localmodels/scale", "get patch update"
+ROUTER_PERMISSIONS = (
+    perms(NAMESPACE, GROUP, "localmodels", "get list watch patch")
+    | perms(NAMESPACE, GROUP, "localmodels/scale", "get patch update")
+    | perms(NAMESPACE, "discovery.k8s.io", "endpointslices", "list watch")
 )
 
 

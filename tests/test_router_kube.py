@@ -1,39 +1,40 @@
-"""The router's Kubernetes backend against kmock's API emulator over HTTP.
+"""The router's Kubernetes backend against the emulated API server over HTTP.
 
-The test plays the operator: it watches for the router's scale PATCH, starts a real runtime and
-writes the LocalModel's status. Every wait is on an observable condition, never a fixed sleep.
+The test plays the operator and the EndpointSlice controller: it watches for the router's scale
+PATCH, starts a real runtime and writes the LocalModel's status and the model's EndpointSlice.
+Every wait is on an observable condition, never a fixed sleep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import signal
-import ssl
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import kmock
-import kubernetes.config.kube_config
+import kubernetes_asyncio.config.kube_config
 import numpy as np
 import openai
 import pytest
 import yaml
 
 from llmi.cli import main as cli_main
+from llmi.localmodel import ANNOTATION_LAST_REQUEST, report_key
 from llmi.settings import Settings
-from llmi_router.embedded.process import free_port
-from llmi_router.kube import LAST_REQUEST_ANNOTATION, KubeApi, KubeConnection, KubeControlPlane, parse_quantity
-from llmi_router.kube_main import load_connection
+from llmi_router.kube.client import LOCALMODELS, KubeClient, connect
+from llmi_router.kube.control import KubeControlPlane
+from llmi_router.kube.publish import Timing
 from llmi_router.metrics import RouterMetrics
-from tests.kube_fixtures import NAMESPACE, cluster, eventually, metric, router_in_process
-from tests.servers import RuntimeProcess, poll_ready, runtime_env, spawn_llmi, start_runtime, stop_process
+from tests.kube_fixtures import LM, NAMESPACE, ApiServer, api_server, eventually, metric, router_in_process
+from tests.servers import RuntimeProcess, free_port, poll_ready, runtime_env, spawn_llmi, start_runtime, stop_process
 
-# One loop for kmock, the in-process router and the test, so the test can play the operator.
+# One loop for the emulator, the in-process router and the test, so the test can play the operator.
 aio = pytest.mark.asyncio(loop_scope="session")
 EMBED, CHAT = "tiny-bert-embed", "tiny-llama-chat"
+WATCH = {"true", "True"}  # ?watch= as clients spell it (kubernetes_asyncio: True)
 
 
 def settings(**changes: object) -> Settings:
@@ -41,6 +42,8 @@ def settings(**changes: object) -> Settings:
 
 
 def embed_body(model: str = EMBED) -> dict[str, object]:
+    return {"model": model, "input": ["a", "b"], "encoding_format": "float"}
+
     return {"model": model, "input": ["a", "b"], "encoding_format": "float"}
 
 
@@ -52,11 +55,11 @@ async def test_scale_up_on_demand_through_llmi_router(
     """Acceptance: `llmi router --kubernetes` as a process; a request for a model at zero replicas
     scales it up, waits for Ready, and the answer reaches the official client intact."""
     chat = runtimes(CHAT)  # a model the operator already made Ready
-    async with cluster() as c:
+    async with api_server() as c:
         await c.create(EMBED, "embedding", memory="512Mi")
         await c.set_status(EMBED, phase="Available")
         await c.create(CHAT, "chat", replicas=1)
-        await c.set_status(CHAT, phase="Ready", endpoint=chat.url, placement="cpu")
+        await c.set_ready(CHAT, chat.url, placement="cpu")
         port = free_port()
         log = tmp_path / "router.log"
         args = ["router", "--kubernetes", "--kube-server", c.url, "--namespace", NAMESPACE]
@@ -76,7 +79,7 @@ async def test_scale_up_on_demand_through_llmi_router(
             assert not pending.done()
             await c.set_status(EMBED, phase="Loading")
             runtime = await asyncio.to_thread(start_runtime, tiny_models[EMBED], tmp_path, env=runtime_env())
-            await c.set_status(EMBED, phase="Ready", endpoint=runtime.url, placement="cpu")
+            await c.set_ready(EMBED, runtime.url, placement="cpu")
 
             out = await pending
             assert [d.index for d in out.data] == [0, 1]
@@ -105,8 +108,11 @@ async def test_scale_up_on_demand_through_llmi_router(
             assert models[CHAT]["placement"] == "cpu"
 
             # Finished requests leave the last-request time on the LocalModel (RFC 3339, UTC).
-            await eventually(lambda: c.annotation_patches(EMBED), what="the last-request annotation")
-            stamp = c.obj(EMBED)["metadata"]["annotations"][LAST_REQUEST_ANNOTATION]
+            # (The router's in-flight report is an annotation patch too: wait for the stamp itself.)
+            stamp = await eventually(
+                lambda: (c.obj(EMBED)["metadata"].get("annotations") or {}).get(ANNOTATION_LAST_REQUEST),
+                what="the last-request annotation",
+            )
             assert stamp.endswith("Z")
             age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
             assert dt.timedelta(0) <= age < dt.timedelta(minutes=5)
@@ -126,7 +132,7 @@ async def test_scale_up_on_demand_through_llmi_router(
 @pytest.mark.slow
 async def test_concurrent_requests_share_one_scale_up(runtimes: Callable[[str], RuntimeProcess]) -> None:
     embed = runtimes(EMBED)
-    async with cluster() as c, router_in_process(c, settings()) as router, httpx.AsyncClient(timeout=60) as http:
+    async with api_server() as c, router_in_process(c, settings()) as router, httpx.AsyncClient(timeout=60) as http:
         await c.create(EMBED, "embedding")
         await eventually(lambda: router.control.model_type(EMBED), what="the watch to see the model")
         calls = [asyncio.create_task(http.post(f"{router.url}/v1/embeddings", json=embed_body())) for _ in range(5)]
@@ -140,7 +146,7 @@ async def test_concurrent_requests_share_one_scale_up(runtimes: Callable[[str], 
             assert loop.time() < deadline, "requests did not queue"
             await asyncio.sleep(0.02)
         await eventually(lambda: c.scale_patches(EMBED), what="the scale PATCH")
-        await c.set_status(EMBED, phase="Ready", endpoint=embed.url)
+        await c.set_ready(EMBED, embed.url)
         answers = await asyncio.gather(*calls)
         assert [a.status_code for a in answers] == [200] * 5
         assert all(len(a.json()["data"]) == 2 for a in answers)
@@ -148,8 +154,9 @@ async def test_concurrent_requests_share_one_scale_up(runtimes: Callable[[str], 
 
 
 @aio
+@aio
 async def test_deadline_is_503_with_retry_after() -> None:
-    async with cluster() as c, router_in_process(c, settings(queue_timeout_s=0.5)) as router:
+    async with api_server() as c, router_in_process(c, settings(queue_timeout_s=0.5)) as router:
         await c.create(EMBED, "embedding")
         await eventually(lambda: router.control.model_type(EMBED), what="the watch to see the model")
         async with httpx.AsyncClient(timeout=30) as http:
@@ -162,7 +169,7 @@ async def test_deadline_is_503_with_retry_after() -> None:
 
 @aio
 async def test_failed_phase_is_503_with_the_operators_message() -> None:
-    async with cluster() as c, router_in_process(c, settings()) as router, httpx.AsyncClient(timeout=30) as http:
+    async with api_server() as c, router_in_process(c, settings()) as router, httpx.AsyncClient(timeout=30) as http:
         await c.create(EMBED, "embedding")
         await eventually(lambda: router.control.model_type(EMBED), what="the watch to see the model")
         waiting = asyncio.create_task(http.post(f"{router.url}/v1/embeddings", json=embed_body()))
@@ -182,21 +189,27 @@ async def test_failed_phase_is_503_with_the_operators_message() -> None:
 
 
 @aio
-async def test_a_refused_scale_up_is_503_with_the_reason() -> None:
-    async with cluster() as c, router_in_process(c, settings()) as router, httpx.AsyncClient(timeout=30) as http:
-        forbidden = {"kind": "Status", "code": 403, "message": 'cannot patch resource "localmodels/scale"'}
-        c.k["patch", c.resource, kmock.subresource("scale")].override << 403 << forbidden
+async def test_a_refused_scale_up_is_503_with_the_reason_and_the_next_request_tries_again() -> None:
+    quick = settings(queue_timeout_s=1)
+    async with api_server() as c, router_in_process(c, quick) as router, httpx.AsyncClient(timeout=30) as http:
+        refuse = lambda r: (403, 'cannot patch resource "localmodels/scale"') if r.subresource == "scale" else None  # noqa: E731
+        c.emulator.faults.append(refuse)
         await c.create(EMBED, "embedding")
         await eventually(lambda: router.control.model_type(EMBED), what="the watch to see the model")
         resp = await http.post(f"{router.url}/v1/embeddings", json=embed_body())
         assert resp.status_code == 503
         assert resp.json()["error"]["code"] == "scale_failed"
         assert "cannot patch" in resp.json()["error"]["message"]
+        c.emulator.faults.remove(refuse)
+        again = await http.post(f"{router.url}/v1/embeddings", json=embed_body())
+        assert again.json()["error"]["code"] == "model_not_ready"  # scaled this time; no operator here
+        assert len(c.scale_patches(EMBED)) == 2
+        assert c.obj(EMBED)["spec"]["replicas"] == 1
 
 
 @aio
 async def test_unknown_model_is_404_and_a_full_queue_is_429() -> None:
-    async with cluster() as c, router_in_process(c, settings(max_queue_per_model=1)) as router:
+    async with api_server() as c, router_in_process(c, settings(max_queue_per_model=1)) as router:
         await c.create(EMBED, "embedding")
         await eventually(lambda: router.control.model_type(EMBED), what="the watch to see the model")
         client = openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0, timeout=30)
@@ -215,13 +228,13 @@ async def test_unknown_model_is_404_and_a_full_queue_is_429() -> None:
 
 @aio
 async def test_models_list_follows_the_watch() -> None:
-    async with cluster() as c:
+    async with api_server() as c:
         await c.create("a-available", "chat", memory="1Gi")
         await c.set_status("a-available", phase="Available")
         await c.create("b-loading", "embedding", replicas=1, placement="cpu")
         await c.set_status("b-loading", phase="Loading")
         await c.create("c-ready", "reranker", replicas=1)
-        await c.set_status("c-ready", phase="Ready", endpoint="http://x:8000", memory=12345, placement="gpu")
+        await c.set_ready("c-ready", "http://10.0.0.1:8000", memory=12345, placement="gpu")
         await c.create("d-evicted", "vision", memory=2000)
         await c.set_status("d-evicted", phase="Evicted")
         await c.create("e-failed", "multimodal", memory="6G")
@@ -244,7 +257,7 @@ async def test_models_list_follows_the_watch() -> None:
             # Later changes arrive through the watch.
             await c.create("f-new", "chat")
             await c.delete("a-available")
-            await c.set_status("b-loading", phase="Ready", endpoint="http://y:8000")
+            await c.set_ready("b-loading", "http://10.0.0.2:8000")
 
             async def ids() -> dict[str, str]:
                 return {m["id"]: m["state"] for m in (await http.get(f"{router.url}/v1/models")).json()["data"]}
@@ -263,47 +276,148 @@ async def test_models_list_follows_the_watch() -> None:
 
 
 @aio
+@aio
 @pytest.mark.slow
 async def test_last_request_time_is_patched_once_per_interval(runtimes: Callable[[str], RuntimeProcess]) -> None:
     embed = runtimes(EMBED)
-    t0 = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    seconds = itertools.count()
-    clock = {"now": lambda: t0 + dt.timedelta(seconds=next(seconds))}  # each request a second later
-    async with cluster() as c:
+    t0 = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC).timestamp()
+    clock = {"t": t0}
+    slow = Timing(report_s=3600, heartbeat_s=3600, touch_s=3600)
+    async with api_server() as c:
         await c.create(EMBED, "embedding", replicas=1)
-        await c.set_status(EMBED, phase="Ready", endpoint=embed.url)
-        async with router_in_process(c, settings(), touch_interval_s=3600, **clock) as router:
+        await c.set_ready(EMBED, embed.url)
+        async with router_in_process(c, settings(), timing=slow, now=lambda: clock["t"]) as router:
             async with httpx.AsyncClient(timeout=60) as http:
-                for _ in range(3):
+                for i in range(3):
+                    clock["t"] = t0 + i  # each request a second later
                     resp = await http.post(f"{router.url}/v1/embeddings", json=embed_body())
                     assert resp.status_code == 200
-            await eventually(lambda: c.annotation_patches(EMBED), what="the last-request annotation")
+            await eventually(lambda: stamps(c), what="the last-request annotation")
             assert c.scale_patches(EMBED) == []
-        # Closing waits for every patch, then sends the last request time the interval held back:
-        # one patch for the burst, one at shutdown (not one per request).
-        stamps = [p.data["metadata"]["annotations"][LAST_REQUEST_ANNOTATION] for p in c.annotation_patches(EMBED)]
-        assert stamps == ["2030-01-02T03:04:05Z", "2030-01-02T03:04:07Z"]
-        assert c.obj(EMBED)["metadata"]["annotations"][LAST_REQUEST_ANNOTATION] == stamps[-1]
+        # Closing sends the last request time the interval held back: one stamp for the burst,
+        # one at shutdown (not one per request); the in-flight report is gone again.
+        assert stamps(c) == ["2030-01-02T03:04:05Z", "2030-01-02T03:04:07Z"]
+        annotations = c.obj(EMBED)["metadata"]["annotations"]
+        assert annotations[ANNOTATION_LAST_REQUEST] == "2030-01-02T03:04:07Z"
+        assert report_key("router") not in annotations
+
+
+def stamps(c: ApiServer) -> list[str]:
+    found = [
+        (p.data["metadata"]["annotations"] or {}).get(ANNOTATION_LAST_REQUEST) for p in c.annotation_patches(EMBED)
+    ]
+    return [s for s in found if s]
 
 
 @aio
 async def test_watch_resumes_from_its_resource_version_and_lists_again_on_410() -> None:
-    async with cluster() as c:
+    async with api_server() as c:
         await c.create("m", "chat")
         # The first watch ends after one event (as the server's timeoutSeconds does); the second
-        # says its resourceVersion expired (410 Gone); then kmock's own watch takes over.
+        # says its resourceVersion expired (410 Gone); then the emulator's own watch takes over.
         script: list[tuple[dict[str, object], ...]] = [
             ({"type": "MODIFIED", "object": {**c.obj("m"), "metadata": {"name": "m", "resourceVersion": "42"}}},),
-            ({"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old resource version"}},),
+            (
+                {
+                    "type": "ERROR",
+                    "object": {
+                        "kind": "Status",
+                        "code": 410,
+                        "reason": "Expired",
+                        "message": "too old resource version",
+                    },
+                },
+            ),
         ]
-        c.k["get", c.resource, {"watch": "true"}, lambda _: bool(script)] << (lambda _: script.pop(0))
+        c.emulator["get", LM, {"watch": WATCH}, lambda _: bool(script)] << (lambda _: script.pop(0))
         async with router_in_process(c, settings()) as router:
             await eventually(lambda: len(c.requests("GET")) >= 4, what="list, watch, watch, list")
             gets = c.requests("GET")
-            assert [r.params.get("watch") for r in gets[:4]] == [None, "true", "true", None]
+            assert [r.params.get("watch") in WATCH for r in gets[:4]] == [False, True, True, False]
             assert gets[2].params["resourceVersion"] == "42"
             await c.create("n", "embedding")
             await eventually(lambda: router.control.model_type("n"), what="the new watch to deliver events")
+
+
+@aio
+async def test_readyz_follows_the_health_of_the_watch() -> None:
+    async with api_server() as c:
+        await c.create("m", "chat")
+        broken = {"on": False}
+        c.emulator.faults.append(lambda r: (500, "etcd is down") if broken["on"] and r.resource == LM else None)
+
+        def fail_then_end(_: object) -> tuple[dict[str, object], ...]:
+            broken["on"] = True  # from now on lists fail too
+            return (
+                {
+                    "type": "ERROR",
+                    "object": {"kind": "Status", "code": 500, "reason": "InternalError", "message": "etcd is down"},
+                },
+            )
+
+        first = {"done": False}
+        c.emulator["get", LM, {"watch": WATCH}, lambda _: not first["done"]] << (
+            lambda r: (first.update(done=True), fail_then_end(r))[1]
+        )
+        async with router_in_process(c, settings()) as router, httpx.AsyncClient(timeout=10) as http:
+
+            async def readyz() -> int:
+                return (await http.get(f"{router.url}/readyz")).status_code
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while await readyz() != 503:
+                assert loop.time() < deadline, "readyz stayed 200 while the watch failed"
+                await asyncio.sleep(0.02)
+            body = (await http.get(f"{router.url}/readyz")).json()
+            assert "etcd is down" in body["watches"]["LocalModels"]["last_error"]
+            assert (await http.get(f"{router.url}/healthz")).status_code == 200  # alive, just not ready
+            broken["on"] = False
+            while await readyz() != 200:
+                assert loop.time() < deadline + 30, "readyz did not recover with the watch"
+                await asyncio.sleep(0.02)
+
+
+@aio
+@pytest.mark.slow
+async def test_endpoints_not_ready_then_ready_is_answered_without_502(
+    runtimes: Callable[[str], RuntimeProcess],
+) -> None:
+    """Ready in the status runs ahead of the endpoints: the router waits for a ready endpoint."""
+    embed = runtimes(EMBED)
+    async with api_server() as c, router_in_process(c, settings()) as router, httpx.AsyncClient(timeout=60) as http:
+        await c.create(EMBED, "embedding", replicas=1)
+        await c.set_endpoints(EMBED, embed.url, ready=False)
+        await c.set_status(EMBED, phase="Ready", endpoint="http://llmi-tiny-bert-embed.llmi-test.svc:8000")
+        await eventually(lambda: router.control.models.get(EMBED) and router.control.models[EMBED].view.ready, "Ready")
+        pending = asyncio.create_task(http.post(f"{router.url}/v1/embeddings", json=embed_body()))
+        await eventually(lambda: router.control.models[EMBED].waiting == 1, what="the request to wait")
+        assert not pending.done()
+        await c.set_endpoints(EMBED, embed.url, ready=True)
+        resp = await pending
+        assert resp.status_code == 200, resp.text
+        assert c.scale_patches(EMBED) == []
+
+
+@aio
+@pytest.mark.slow
+async def test_a_refused_endpoint_is_retried_on_the_next_one(runtimes: Callable[[str], RuntimeProcess]) -> None:
+    """An endpoint that refuses connections (a pod gone before its slice says so) costs no 502:
+    the router waits for the EndpointSlice to change within the request's deadline."""
+    embed = runtimes(EMBED)
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with api_server() as c, router_in_process(c, settings()) as router, httpx.AsyncClient(timeout=60) as http:
+        await c.create(EMBED, "embedding", replicas=1)
+        await c.set_ready(EMBED, dead)
+        await eventually(
+            lambda: router.control.models.get(EMBED) and router.control._usable(router.control.models[EMBED]),
+            "the dead endpoint in view",
+        )
+        pending = asyncio.create_task(http.post(f"{router.url}/v1/embeddings", json=embed_body()))
+        await eventually(lambda: router.control.models[EMBED].refused, what="the refused connection")
+        await c.set_endpoints(EMBED, embed.url)
+        resp = await pending
+        assert resp.status_code == 200, resp.text
 
 
 def test_llmi_router_needs_kubernetes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -315,66 +429,74 @@ def test_llmi_router_needs_kubernetes(capsys: pytest.CaptureFixture[str]) -> Non
 
 @aio
 async def test_startup_fails_with_the_reason_when_localmodels_cannot_be_listed() -> None:
-    dead = KubeControlPlane(
-        KubeApi(KubeConnection(f"http://127.0.0.1:{free_port()}"), NAMESPACE),
-        settings(),
-        RouterMetrics(),
-        sync_timeout_s=1,
-    )
-    with pytest.raises(RuntimeError, match=r"cannot list LocalModels at .*ConnectError"):
+    configuration, _ = await connect(f"http://127.0.0.1:{free_port()}", NAMESPACE)
+    dead = KubeControlPlane(KubeClient(configuration, NAMESPACE), settings(), RouterMetrics(), sync_timeout_s=1)
+    with pytest.raises(RuntimeError, match=r"cannot list LocalModels at .*(Cannot connect|ClientConnector)"):
         await dead.start()
     async with kmock.KubernetesEmulator() as k, kmock.Server(k) as server:  # no LocalModel resource
-        api = KubeApi(KubeConnection(str(server.url)), NAMESPACE)
-        no_crd = KubeControlPlane(api, settings(), RouterMetrics(), sync_timeout_s=1)
+        configuration, _ = await connect(str(server.url), NAMESPACE)
+        no_crd = KubeControlPlane(KubeClient(configuration, NAMESPACE), settings(), RouterMetrics(), sync_timeout_s=1)
         with pytest.raises(RuntimeError, match="CRD installed"):
             await no_crd.start()
 
 
-@aio
-async def test_api_calls_carry_the_authorization_header() -> None:
-    async with cluster() as c:
-        api = KubeApi(KubeConnection(c.url, authorization=lambda: "Bearer t0k3n"), NAMESPACE)
-        try:
-            await api.list()
-        finally:
-            await api.aclose()
-        assert c.requests("GET")[0].headers["Authorization"] == "Bearer t0k3n"
-
-
-def test_kubeconfig_gives_server_token_namespace_and_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    kubeconfig = tmp_path / "config"
-    cluster_ = {"server": "https://k8s.example:6443", "insecure-skip-tls-verify": True}
-    kubeconfig.write_text(
+def kubeconfig_file(path: Path, server: str, user: dict[str, object], **cluster: object) -> Path:
+    context = {"cluster": "c", "user": "u", "namespace": "models"}
+    path.write_text(
         yaml.safe_dump(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
-                "clusters": [{"name": "c", "cluster": cluster_}],
-                "users": [{"name": "u", "user": {"token": "abc"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "models"}}],
+                "clusters": [{"name": "c", "cluster": {"server": server, **cluster}}],
+                "users": [{"name": "u", "user": user}],
+                "contexts": [{"name": "x", "context": context}],
                 "current-context": "x",
             }
         )
     )
+    return path
+
+
+@aio
+async def test_kubeconfig_credentials_reach_the_api_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with api_server("models") as c:
+        config = kubeconfig_file(tmp_path / "config", c.url, {"token": "t0k3n"})
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        monkeypatch.setattr(kubernetes_asyncio.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(config))
+        configuration, namespace = await connect(None, None, service_account=tmp_path / "none")
+        assert namespace == "models"
+        kube = KubeClient(configuration, namespace)
+        try:
+            await kube.list(LOCALMODELS)
+        finally:
+            await kube.close()
+        lists = [r for r in c.emulator if r.resource == LM and r.namespace == "models"]
+        assert lists[0].headers["Authorization"] == "Bearer t0k3n"
+        assert (await connect(None, "other", service_account=tmp_path / "none"))[1] == "other"
+
+
+@aio
+async def test_kubeconfig_tls_and_in_cluster_service_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = kubeconfig_file(
+        tmp_path / "config", "https://k8s.example:6443", {"token": "abc"}, **{"insecure-skip-tls-verify": True}
+    )
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
-    connection, namespace = load_connection(None, None)
-    assert (connection.server, namespace) == ("https://k8s.example:6443", "models")
-    assert connection.authorization is not None
-    assert connection.authorization() == "Bearer abc"
-    assert isinstance(connection.verify, ssl.SSLContext)
-    assert connection.verify.verify_mode == ssl.CERT_NONE
-    assert load_connection(None, "other")[1] == "other"
-    assert load_connection("http://127.0.0.1:8001", None) == (KubeConnection("http://127.0.0.1:8001"), "default")
+    monkeypatch.setattr(kubernetes_asyncio.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(config))
+    configuration, namespace = await connect(None, None, service_account=tmp_path / "none")
+    assert (configuration.host, namespace) == ("https://k8s.example:6443", "models")
+    assert configuration.verify_ssl is False
+    assert await configuration.get_api_key_with_prefix("BearerToken") == "Bearer abc"
 
-
-def test_quantities() -> None:
-    assert parse_quantity("6Gi") == 6 * 2**30
-    assert parse_quantity("512Mi") == 512 * 2**20
-    assert parse_quantity("6G") == 6 * 10**9
-    assert parse_quantity("1.5Gi") == 3 * 2**29
-    assert parse_quantity(1234) == 1234
-    assert parse_quantity("12345") == 12345
-    assert parse_quantity("lots") is None
-    assert parse_quantity(None) is None
-    assert parse_quantity(True) is None
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("pod-token")
+    (account / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    (account / "namespace").write_text("llmi\n")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    configuration, namespace = await connect(None, None, service_account=account)
+    assert (configuration.host, namespace) == ("https://10.96.0.1:443", "llmi")
+    assert await configuration.get_api_key_with_prefix("BearerToken") == "Bearer pod-token"
+    assert configuration.ssl_ca_cert == str(account / "ca.crt")
+    explicit, namespace = await connect("http://127.0.0.1:8001", None)
+    assert (explicit.host, namespace) == ("http://127.0.0.1:8001", "default")

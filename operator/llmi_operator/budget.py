@@ -40,8 +40,8 @@ class Node:
 class Occupant:
     """A model that holds part of a node's budget: running, starting, reserved or still going away.
 
-    ``evictable`` is true only for a model that is Ready and still wanted; one that is loading or
-    whose pod is terminating cannot make room any sooner by being asked.
+    ``evictable`` is true only for a model that is Ready, still wanted and not draining already; one
+    that is loading or whose pod is terminating cannot make room any sooner by being asked.
     """
 
     name: str
@@ -51,6 +51,8 @@ class Occupant:
     last_used: float
     pinned: bool = False
     evictable: bool = True
+    in_flight: int = 0  # requests the routers report in flight there
+    draining_for: str | None = None  # finishing its requests before it makes room for this model
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ class Place:
 
 @dataclass(frozen=True)
 class Evict:
-    """Scale ``victims`` on ``node`` to zero first; scale up once their pods are gone."""
+    """Drain ``victims`` on ``node`` (idle ones first chosen), then scale them to zero; scale up
+    once their pods are gone."""
 
     node: str
     victims: tuple[str, ...]
@@ -118,8 +121,15 @@ def eligible(node: Node, demand: Demand) -> bool:
     )
 
 
-def merged(occupants: Sequence[Occupant], node: str, exclude: str) -> list[Loaded]:
-    """One Loaded per model on ``node`` (a model seen both as pod and Deployment counts once)."""
+BUSY_AFTER = 1e12  # added to a busy model's last use: it goes after every idle one (LRU among the busy)
+
+
+def merged(occupants: Sequence[Occupant], node: str, exclude: str, busy_may_go: bool = False) -> list[Loaded]:
+    """One Loaded per model on ``node`` (a model seen both as pod and Deployment counts once).
+
+    Busy models (requests in flight) are never evicted at once; with ``busy_may_go`` they count as
+    idle but most recently used, so the planner takes idle ones first and busy ones only if it must
+    (they drain before they stop)."""
     by_name: dict[str, Loaded] = {}
     for o in occupants:
         if o.node != node or o.name == exclude:
@@ -127,7 +137,11 @@ def merged(occupants: Sequence[Occupant], node: str, exclude: str) -> list[Loade
         seen = by_name.get(o.name)
         loading = not o.evictable or (seen is not None and seen.loading)
         footprint = max(o.footprint_bytes, seen.footprint_bytes if seen else 0)
-        by_name[o.name] = Loaded(o.name, o.type, footprint, o.last_used, o.pinned, loading=loading)
+        in_flight = max(o.in_flight, seen.in_flight if seen else 0)
+        last = o.last_used
+        if in_flight and busy_may_go:
+            in_flight, last = 0, BUSY_AFTER + o.last_used
+        by_name[o.name] = Loaded(o.name, o.type, footprint, last, o.pinned, in_flight=in_flight, loading=loading)
     return sorted(by_name.values(), key=lambda m: m.name)
 
 
@@ -160,6 +174,22 @@ def decide(
     candidates = [n for n in nodes if eligible(n, demand)]
     if not candidates:
         return Unschedulable(f"no schedulable GPU node matches the nodeSelector and tolerations of {demand.name}")
+    for busy_may_go in (False, True):  # idle victims anywhere before busy ones
+        decision = _decide(candidates, occupants, demand, offload_gpu_bytes, offload_auto, utilization, busy_may_go)
+        if not isinstance(decision, Wait):
+            return decision
+    return decision
+
+
+def _decide(
+    candidates: Sequence[Node],
+    occupants: Sequence[Occupant],
+    demand: Demand,
+    offload_gpu_bytes: int,
+    offload_auto: bool,
+    utilization: float,
+    busy_may_go: bool,
+) -> Decision:
     options: list[tuple[tuple[int, int, int, str], Place | Evict]] = []
     waits: list[str] = []
     refusals: list[str] = []
@@ -171,7 +201,7 @@ def decide(
                 f"{node.name}: {demand.name} needs {gib(demand.memory_bytes)}, the budget is {gib(budget.total_bytes)}"
             )
             continue
-        loaded = merged(occupants, node.name, demand.name)
+        loaded = merged(occupants, node.name, demand.name, busy_may_go)
         answer = plan(budget, loaded, demand.name, demand.type, where.footprint_bytes)
         if isinstance(answer, PlanRefuse):
             refusals.append(f"{node.name}: {answer.reason}")

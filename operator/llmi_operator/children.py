@@ -15,20 +15,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from llmi.localmodel import (
+    ANNOTATION_FOOTPRINT,
+    ANNOTATION_GPU_MEMORY,
+    ANNOTATION_PLACEMENT,
+    ANNOTATION_SPEC_HASH,
+    API_VERSION,
+    KIND,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL,
+    LABEL_NAME,
+    OPERATOR_APP,
+    PORT,
+    PORT_NAME,
+    RUNTIME_APP,
+    child_name,
+    service_url,
+)
+from llmi.localmodel import label_value as to_label_value
 from llmi.modeltypes import ModelType
 from llmi.planner import GIB, PlacementKind
-from llmi_operator.localmodel import API_VERSION, KIND, LABEL_MODEL, InvalidSpec, ModelRef, ModelSpec, dns_label
-from llmi_operator.localmodel import label_value as to_label_value
+from llmi_operator.localmodel import InvalidSpec, ModelRef, ModelSpec
 from llmi_operator.settings import OperatorSettings
 
-ANNOTATION_SPEC_HASH = "llmi.dev/spec-hash"
-ANNOTATION_FOOTPRINT = "llmi.dev/footprint"  # on the pod template: bytes of the node budget the pod holds
-ANNOTATION_PLACEMENT = "llmi.dev/placement"  # on the pod template: gpu, offload or cpu
-ANNOTATION_GPU_MEMORY = "llmi.dev/gpu-memory"  # on the pod template: the node's GPU bytes, when known
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
-PORT = 8000
 MODELS_MOUNT = "/models"
 TMP_MOUNT = "/tmp"
 CONTAINER = "runtime"
@@ -71,21 +81,16 @@ class Placed:
     gpu_memory_bytes: int | None = None  # the node's total GPU memory when its labels say so
 
 
-def child_name(model: str) -> str:
-    """``llmi-NAME`` as a DNS-1123 label (Deployments and Services share it)."""
-    return dns_label(f"llmi-{model}")
-
-
 def endpoint(ref: ModelRef) -> str:
-    return f"http://{child_name(ref.name)}.{ref.namespace}.svc:{PORT}"
+    return service_url(ref.name, ref.namespace)
 
 
 def selector_labels(model: str) -> dict[str, str]:
-    return {LABEL_NAME: "llmi-runtime", LABEL_MODEL: to_label_value(model)}
+    return {LABEL_NAME: RUNTIME_APP, LABEL_MODEL: to_label_value(model)}
 
 
 def child_labels(model: str) -> dict[str, str]:
-    return {**selector_labels(model), LABEL_MANAGED_BY: "llmi-operator"}
+    return {**selector_labels(model), LABEL_MANAGED_BY: OPERATOR_APP}
 
 
 def owner_reference(ref: ModelRef) -> dict[str, Any]:
@@ -143,7 +148,7 @@ def vllm_args(ref: ModelRef, spec: ModelSpec, placed: Placed) -> list[str]:
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": PORT_NAME},
         "periodSeconds": period,
         "timeoutSeconds": 5,
         "failureThreshold": failures,
@@ -186,7 +191,7 @@ def _container(ref: ModelRef, spec: ModelSpec, placed: Placed, config: ChildConf
         "image": config.vllm_image if vllm else config.runtime_image,
         "command": ["vllm", "serve"] if vllm else ["llmi", "runtime"],
         "args": vllm_args(ref, spec, placed) if vllm else runtime_args(ref, spec, placed),
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
         "env": _env(engine, placed, config.gpu_mode),
         "resources": _resources(spec, placed, config.gpu_mode),
         "readinessProbe": _probe("/health" if vllm else "/readyz", 5, 3),
@@ -282,7 +287,7 @@ def desired_service(ref: ModelRef) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(ref.name),
-            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
         },
     }
     return with_spec_hash(service)

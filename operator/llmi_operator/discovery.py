@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from llmi.catalog.scan import ModelEntry, scan
+from llmi.localmodel import API_VERSION, KIND, LABEL_DISCOVERED, dns_label
+from llmi_operator.apply import lm_path
 from llmi_operator.kube import Conflict, Kube
-from llmi_operator.localmodel import API_VERSION, KIND, LABEL_DISCOVERED, dns_label
-from llmi_operator.reconcile import lm_path
 from llmi_operator.settings import OperatorSettings
 
 log = logging.getLogger("llmi.operator.discovery")

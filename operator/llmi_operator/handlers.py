@@ -22,16 +22,26 @@ from typing import Any
 
 import kopf
 
-from llmi_operator.children import LABEL_MANAGED_BY
+from llmi.localmodel import (
+    API_VERSION,
+    FINALIZER,
+    GROUP,
+    KIND,
+    KOPF_PREFIX,
+    LABEL_MANAGED_BY,
+    OPERATOR_APP,
+    PLURAL,
+    VERSION,
+)
 from llmi_operator.discovery import discover
 from llmi_operator.kube import Kube, RestKube, load_api_client
-from llmi_operator.localmodel import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from llmi_operator.reconcile import Reconciler
 from llmi_operator.settings import OperatorSettings
 
 log = logging.getLogger("llmi.operator")
 RESOURCE = (GROUP, VERSION, PLURAL)
-STORAGE_PREFIX = "kopf.llmi.dev"
+STORAGE_PREFIX = KOPF_PREFIX
+MAX_DISCOVERY_BACKOFF_S = 300.0
 
 
 def notify(obj: Mapping[str, Any], type: str, reason: str, message: str) -> None:
@@ -46,33 +56,46 @@ def notify(obj: Mapping[str, Any], type: str, reason: str, message: str) -> None
 def configure(kopf_settings: kopf.OperatorSettings, config: OperatorSettings) -> None:
     """kopf's settings, in one place. Annotations, not status, keep kopf's bookkeeping: the CRD's
     status schema is structural and would prune kopf's fields, and kopf would then loop."""
-    kopf_settings.persistence.finalizer = "llmi.dev/operator"
+    kopf_settings.persistence.finalizer = FINALIZER
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=STORAGE_PREFIX, key="last-handled-configuration"
     )
-    kopf_settings.peering.standalone = True  # one replica; the reconcile lock assumes it
     kopf_settings.posting.level = logging.INFO
     kopf_settings.networking.request_timeout = config.request_timeout_s
-    kopf_settings.execution.max_workers = 8  # handlers block on API calls, one lock serialises decisions
+    # Handlers block on API calls; per-model and per-node locks serialise what must not interleave.
+    # Peering is kopf's choice (`--standalone`, the default, or `--no-standalone` with kopf's peering
+    # resources): either way one operator is active, which the in-process locks assume.
+    kopf_settings.execution.max_workers = 8
 
 
 def discover_once(memo: kopf.Memo, config: OperatorSettings) -> None:
     """One scan, then a reconcile of each model whose folder came or went (it marks the status)."""
-    try:
-        report = discover(memo.kube, config, config.namespace)
-        for name in report.created:
-            log.info("discovered %s", name)
-        for name in report.stale:
-            memo.reconciler.reconcile(config.namespace, name)
-    except Exception:  # the next scan tries again; one bad scan must not end discovery
-        log.exception("discovery failed")
+    report = discover(memo.kube, config, config.namespace)
+    for name in report.created:
+        log.info("discovered %s", name)
+    for name in report.stale:
+        memo.reconciler.reconcile(config.namespace, name)
 
 
-async def discovery_loop(memo: kopf.Memo, config: OperatorSettings) -> None:
+async def discovery_loop(
+    memo: kopf.Memo, config: OperatorSettings, scan: Callable[[kopf.Memo, OperatorSettings], None] = discover_once
+) -> None:
+    """Scan every ``discovery_interval_s``; a scan that fails is logged and the loop goes on, backing
+    off (doubling, up to MAX_DISCOVERY_BACKOFF_S) while scans keep failing. Only cancellation ends it."""
+    delay = 0.0
+    failures = 0
     while True:
-        await asyncio.sleep(config.discovery_interval_s)  # a background task, not a handler
-        await asyncio.to_thread(discover_once, memo, config)
+        await asyncio.sleep(delay)  # a background task, not a handler
+        try:
+            await asyncio.to_thread(scan, memo, config)
+            failures = 0
+        except Exception:
+            failures += 1
+            log.exception("discovery failed (%d in a row); trying again", failures)
+        delay = min(
+            config.discovery_interval_s * 2**failures, max(MAX_DISCOVERY_BACKOFF_S, config.discovery_interval_s)
+        )
 
 
 def _reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:
@@ -100,8 +123,7 @@ def register(
         else:
             memo.kube = RestKube(await asyncio.to_thread(load_api_client), config.request_timeout_s)
         memo.reconciler = Reconciler(memo.kube, config, notify)
-        await asyncio.to_thread(discover_once, memo, config)
-        memo.discovery = asyncio.create_task(discovery_loop(memo, config))
+        memo.discovery = asyncio.create_task(discovery_loop(memo, config))  # scans at once, then periodically
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
@@ -136,10 +158,9 @@ def register(
         registry=registry,
     )
     def tick(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-        memo.reconciler.scale_idle(namespace, name)
-        memo.reconciler.reconcile(namespace, name)
+        memo.reconciler.tick(namespace, name)
 
-    @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: "llmi-operator"}, registry=registry)
+    @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: OPERATOR_APP}, registry=registry)
     def child_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
         owners = body.metadata.get("ownerReferences") or []
         owner = next((o.get("name") for o in owners if o.get("kind") == KIND), None)

@@ -1,4 +1,4 @@
-"""A LocalModel body read into frozen, validated values, plus the names the contract fixes.
+"""A LocalModel spec read into frozen, validated values (the names and parsers are llmi.localmodel's).
 
 Why a typed view: every decision (children, budget, status) works on these values, so a bad
 spec is found once, here, and becomes one clear ``InvalidSpec`` message instead of a KeyError
@@ -7,36 +7,18 @@ somewhere in a handler.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
-from llmi.catalog.scan import parse_duration, parse_size
+from llmi import localmodel as contract
+from llmi.catalog.scan import parse_duration
 from llmi.modeltypes import ModelType
 from llmi.planner import PlacementOverride
-
-GROUP = "llmi.dev"
-VERSION = "v1alpha1"
-PLURAL = "localmodels"
-KIND = "LocalModel"
-API_VERSION = f"{GROUP}/{VERSION}"
-
-LABEL_MODEL = "llmi.dev/model"
-LABEL_DISCOVERED = "llmi.dev/discovered"
-ANNOTATION_LAST_REQUEST = "llmi.dev/last-request-time"
-ANNOTATION_EVICTED_BY = "llmi.dev/evicted-by"
-ANNOTATION_NODE_BUDGET = "llmi.dev/memory-budget"
 
 Engine = Literal["auto", "transformers", "vllm"]
 ENGINES: tuple[str, ...] = ("auto", "transformers", "vllm")
 PLACEMENTS: tuple[str, ...] = ("auto", "gpu", "offload", "cpu")
-QUANTITY_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTPE]i|[kKMGTPE])?\s*$")
-QUANTITY_UNITS = {None: 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
-QUANTITY_UNITS |= {f"{p}i": 1024 ** (i + 1) for i, p in enumerate("KMGTPE")}
-DNS_LABEL_MAX = 63
 
 
 class InvalidSpec(ValueError):
@@ -69,17 +51,10 @@ class ModelRef:
 
 
 def parse_quantity(value: Any) -> int:
-    """Bytes from an integer or a Kubernetes quantity (``6Gi``, ``512Mi``, ``6G``); also ``6GiB``."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str):
-        match = QUANTITY_RE.match(value)
-        if match:
-            return int(float(match[1]) * QUANTITY_UNITS[match[2]])
-        try:
-            return parse_size(value)
-        except ValueError:
-            pass
+    """Bytes from an integer or a Kubernetes quantity (the contract's parser); InvalidSpec if neither."""
+    parsed = contract.parse_quantity(value)
+    if parsed is not None:
+        return parsed
     raise InvalidSpec(f"memory {value!r} is not a byte count or a quantity such as 6Gi, 512Mi or 6G")
 
 
@@ -156,36 +131,3 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelSpec:
 def ref_of(body: Mapping[str, Any]) -> ModelRef:
     meta = body.get("metadata") or {}
     return ModelRef(name=meta["name"], namespace=meta.get("namespace") or "", uid=meta.get("uid") or "")
-
-
-def dns_label(text: str, max_len: int = DNS_LABEL_MAX) -> str:
-    """``text`` as a DNS-1123 label: lower case, ``[a-z0-9-]``; too long → cut plus a hash of the whole."""
-    label = re.sub(r"[^a-z0-9-]", "-", text.lower()).strip("-") or "x"
-    if len(label) <= max_len:
-        return label
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return f"{label[: max_len - 9].rstrip('-')}-{digest}"
-
-
-def label_value(text: str) -> str:
-    """``text`` as a label value (at most 63 characters; cut plus a hash if longer)."""
-    if len(text) <= DNS_LABEL_MAX:
-        return text
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return f"{text[: DNS_LABEL_MAX - 9].rstrip('-._')}-{digest}"
-
-
-def parse_time(value: Any) -> float | None:
-    """Seconds since the epoch from an RFC 3339 string, or None when absent or unreadable."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-
-
-def format_time(epoch: float) -> str:
-    """RFC 3339 in UTC with a ``Z``, to the second (what Kubernetes writes)."""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -12,26 +12,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
+from llmi.localmodel import (
+    ANNOTATION_FOOTPRINT,
+    ANNOTATION_GPU_MEMORY,
+    ANNOTATION_LAST_REQUEST,
+    ANNOTATION_NODE_BUDGET,
+    ANNOTATION_PLACEMENT,
+    LABEL_MODEL,
+    busy,
+    drain_of,
+    label_value,
+    parse_time,
+    reports_of,
+)
 from llmi.modeltypes import ModelType
 from llmi.planner import PlacementKind
 from llmi_operator.budget import Node, Occupant
-from llmi_operator.children import (
-    ANNOTATION_FOOTPRINT,
-    ANNOTATION_GPU_MEMORY,
-    ANNOTATION_PLACEMENT,
-    HOSTNAME_LABEL,
-    Placed,
-)
-from llmi_operator.localmodel import (
-    ANNOTATION_LAST_REQUEST,
-    ANNOTATION_NODE_BUDGET,
-    LABEL_MODEL,
-    InvalidSpec,
-    label_value,
-    parse_quantity,
-    parse_spec,
-    parse_time,
-)
+from llmi_operator.children import HOSTNAME_LABEL, Placed
+from llmi_operator.localmodel import InvalidSpec, parse_quantity, parse_spec
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
@@ -169,8 +167,13 @@ def occupants(
     models: Iterable[Mapping[str, Any]],
     deployments: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]],
+    now: float = 0.0,
+    stale_s: float = float("inf"),
 ) -> list[Occupant]:
-    """Everything that holds part of some node's budget, one entry per (model, node, source)."""
+    """Everything that holds part of some node's budget, one entry per (model, node, source).
+
+    Requests in flight come from the routers' fresh reports; a model draining for another one is
+    not evictable again (it is already going)."""
     by_label: dict[str, list[Mapping[str, Any]]] = {}
     for pod in pods:
         if pod_is_live(pod):
@@ -187,8 +190,16 @@ def occupants(
         memory = (spec.memory_bytes if spec else None) or 0
         wanted = spec is not None and spec.replicas == 1
         status = body.get("status") or {}
-        evictable = wanted and status.get("phase") in ("Ready", "Failed")
-        common = {"type": _model_type(raw), "last_used": last_used(body), "pinned": bool(spec and spec.pinned)}
+        annotations = _meta(body).get("annotations") or {}
+        draining = drain_of(annotations)
+        evictable = wanted and status.get("phase") in ("Ready", "Failed") and draining is None
+        common = {
+            "type": _model_type(raw),
+            "last_used": last_used(body),
+            "pinned": bool(spec and spec.pinned),
+            "in_flight": busy(reports_of(annotations), now, stale_s),
+            "draining_for": draining.for_model if draining is not None and wanted else None,
+        }
         for pod in by_label.pop(label_value(name), []):
             node = pod_node(pod)
             if node:

@@ -1,80 +1,80 @@
-"""Carry out what the pure modules decide: one reconcile pass per LocalModel.
+"""One reconcile pass per LocalModel: observe (fresh reads into frozen inputs), plan (pure), apply.
 
-Every pass reads fresh state from the API server, derives the desired children and status, and
-writes only differences. Passes run under one lock per operator: a scale-up decision reads every
-model on a node and may scale others to zero, so two decisions must never interleave (the
-operator runs standalone, one replica, so an in-process lock is enough).
+Locks, and why: passes of one model never interleave (a per-model lock); a budget decision reads
+every model on the nodes it may use and may drain or stop some of them, so decisions that share a
+node are serialised by per-node locks, taken in name order (no deadlock), and held until the plan
+is written. Passes that decide nothing (a running model, a scale-down, status only) take no node
+lock, so they never wait for a decision elsewhere. The operator runs one active replica (kopf
+standalone, or kopf peering electing one), so in-process locks are enough.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmi.catalog.scan import describe
+from llmi.localmodel import LABEL_MANAGED_BY, LABEL_NAME, OPERATOR_APP, RUNTIME_APP, busy, child_name, reports_of
 from llmi_operator import budget as b
-from llmi_operator.children import (
-    LABEL_MANAGED_BY,
-    LABEL_NAME,
-    ChildConfig,
-    Placed,
-    child_name,
-    desired_deployment,
-    desired_service,
-    endpoint,
-    patch_ops,
-    selector_labels,
-)
-from llmi_operator.kube import JSON_PATCH, Conflict, Kube, api_path
-from llmi_operator.localmodel import (
-    ANNOTATION_EVICTED_BY,
-    ANNOTATION_LAST_REQUEST,
-    GROUP,
-    PLURAL,
-    VERSION,
-    InvalidSpec,
-    ModelRef,
-    ModelSpec,
-    parse_spec,
-    ref_of,
-)
-from llmi_operator.observe import (
-    deployment_replicas,
-    last_used,
-    node_from,
-    occupants,
-    placed_from_deployment,
-    pod_is_live,
-    pod_node,
-    pod_problem,
-    ready_replicas,
-)
+from llmi_operator.apply import Applier, Notify, lm_path
+from llmi_operator.children import ChildConfig, selector_labels
+from llmi_operator.kube import Conflict, Kube, api_path
+from llmi_operator.localmodel import InvalidSpec, ModelSpec, parse_spec, ref_of
+from llmi_operator.observe import last_used, node_from, occupants, pod_is_live
+from llmi_operator.plan import ClusterInputs, ModelInputs, NeedsCluster, Plan, Timing, plan_pass
 from llmi_operator.settings import OperatorSettings
-from llmi_operator.status import Outcome, desired_status, status_patch
 
 log = logging.getLogger("llmi.operator")
-Notify = Callable[[Mapping[str, Any], str, str, str], None]  # (object, type, reason, message)
+
+__all__ = ["Notify", "Reconciler", "Result", "lm_path"]
 
 
 @dataclass(frozen=True)
 class Result:
-    """How a pass ended, for the handler: retry soon (waiting for room), or the spec is unusable."""
+    """How a pass ended, for the handler: retry soon (waiting for room, draining), or the spec is unusable."""
 
     retry_after: float | None = None
     invalid: str | None = None
 
 
-def lm_path(namespace: str, name: str | None = None, sub: str | None = None) -> str:
-    return api_path(f"{GROUP}/{VERSION}", PLURAL, namespace, name, sub)
-
-
 def selector(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in labels.items())
+
+
+@functools.lru_cache(maxsize=1024)
+def _estimate(folder: str, mtime: float, name: str, max_model_len: int) -> int | None:
+    """The catalog's estimate of one folder version (bounded: old versions fall out)."""
+    del mtime  # part of the key only: a changed folder is estimated again
+    try:
+        return describe(Path(folder), name, max_model_len).memory_bytes
+    except Exception as exc:  # any unreadable folder: the status says the memory is unknown
+        log.warning("cannot estimate %s: %s", folder, exc)
+        return None
+
+
+class _Locks:
+    """One lock per key, made on first use (models and nodes of one namespace: a bounded set)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    @contextlib.contextmanager
+    def holding(self, *keys: str) -> Iterator[None]:
+        with self._guard:
+            locks = [self._locks[k] for k in sorted(set(keys))]
+        with contextlib.ExitStack() as stack:
+            for lock in locks:
+                stack.enter_context(lock)
+            yield
 
 
 class Reconciler:
@@ -88,274 +88,151 @@ class Reconciler:
         self.notify = notify
         self.clock = clock
         self.config = ChildConfig.from_settings(settings)
-        self.lock = threading.Lock()
-        self._estimates: dict[tuple[str, float], int | None] = {}
+        self.timing = Timing(
+            retry_s=settings.retry_delay_s,
+            drain_grace_s=settings.drain_grace_s,
+            drain_timeout_s=settings.drain_timeout_s,
+            report_stale_s=settings.report_stale_s,
+            offload_gpu_bytes=settings.offload_gpu_bytes,
+            offload_auto=settings.offload_auto,
+            utilization=settings.budget_utilization,
+        )
+        self.applier = Applier(kube, notify, clock)
+        self._models = _Locks()
+        self._nodes = _Locks()
 
-    # Entry points (each takes the lock).
+    # Entry points.
 
     def reconcile(self, namespace: str, name: str) -> Result:
-        with self.lock:
-            return self._reconcile(namespace, name)
+        with self._models.holding(name):
+            return self._pass(namespace, name)
 
-    def scale_idle(self, namespace: str, name: str) -> bool:
-        """Scale a Ready, unpinned model to zero once unused for longer than its idleTimeout."""
-        with self.lock:
+    def _pass(self, namespace: str, name: str, body: Mapping[str, Any] | None = None) -> Result:
+        inputs = self.observe(namespace, name, body)
+        if inputs is None:
+            return Result()
+        plan = plan_pass(inputs, None, self.config, self.timing)
+        if isinstance(plan, NeedsCluster):
+            decided = self._decide(namespace, name, plan)
+            if decided is None:
+                return Result()
+            plan = decided
+        else:
+            self.applier.apply(inputs.body, plan, inputs.deployment)
+        return Result(plan.retry_after, plan.invalid)
+
+    def tick(self, namespace: str, name: str) -> Result:
+        """The timer's pass: scale an idle model to zero (the spec change brings the pass that
+        follows it), else reconcile, from one read of the model."""
+        with self._models.holding(name):
             body = self.kube.get(lm_path(namespace, name))
-            if body is None or (body.get("status") or {}).get("phase") != "Ready":
+            if body is None or self._scaled_idle(body):
+                return Result()
+            return self._pass(namespace, name, body)
+
+    def _scaled_idle(self, body: Mapping[str, Any]) -> bool:
+        """Scale a Ready, unpinned model to zero once unused for longer than its idleTimeout and with
+        no request in flight at any router."""
+        if (body.get("status") or {}).get("phase") != "Ready":
+            return False
+        try:
+            spec = parse_spec(body.get("spec") or {})
+        except InvalidSpec:
+            return False
+        if spec.replicas != 1 or spec.pinned or spec.idle_timeout_s is None:
+            return False
+        now = self.clock()
+        idle = now - last_used(body)
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        if idle <= spec.idle_timeout_s or busy(reports_of(annotations), now, self.settings.report_stale_s):
+            return False
+        meta = body["metadata"]
+        patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "spec": {"replicas": 0}}
+        try:
+            if self.kube.patch(lm_path(meta["namespace"], meta["name"]), patch) is None:
                 return False
-            try:
-                spec = parse_spec(body.get("spec") or {})
-            except InvalidSpec:
-                return False
-            if spec.replicas != 1 or spec.pinned or spec.idle_timeout_s is None:
-                return False
-            idle = self.clock() - last_used(body)
-            if idle <= spec.idle_timeout_s:
-                return False
-            if not self._scale_to_zero(body, {}):
-                return False
-            log.info("%s/%s: idle for %.0fs, scaling to zero", namespace, name, idle)
-            self.notify(
-                body, "Normal", "ScaledToZero", f"no requests for {idle:.0f}s (idleTimeout {spec.idle_timeout_s:.0f}s)"
-            )
-            return True
+        except Conflict:
+            return False
+        log.info("%s/%s: idle for %.0fs, scaling to zero", meta["namespace"], meta["name"], idle)
+        self.notify(
+            body, "Normal", "ScaledToZero", f"no requests for {idle:.0f}s (idleTimeout {spec.idle_timeout_s:.0f}s)"
+        )
+        return True
 
     def delete_children(self, namespace: str, name: str) -> None:
         """Explicit cleanup on delete (ownerReferences would also let the garbage collector do it)."""
-        with self.lock:
+        with self._models.holding(name):
             for api_version, plural in (("apps/v1", "deployments"), ("v1", "services")):
                 self.kube.delete(api_path(api_version, plural, namespace, child_name(name)))
 
-    # One pass.
+    # Observe.
 
-    def _reconcile(self, namespace: str, name: str) -> Result:
-        body = self.kube.get(lm_path(namespace, name))
+    def observe(self, namespace: str, name: str, body: Mapping[str, Any] | None = None) -> ModelInputs | None:
+        """The model (unless just read), its Deployment and live pods, its memory and folder; None
+        when it is gone."""
+        body = body if body is not None else self.kube.get(lm_path(namespace, name))
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-            return Result()
-        result = Result()
+            return None
+        ref = ref_of(body)
         try:
-            spec = parse_spec(body.get("spec") or {})
-            outcome, result = self._converge(body, ref_of(body), spec)
+            spec: ModelSpec | None = parse_spec(body.get("spec") or {})
+            invalid = None
         except InvalidSpec as exc:
-            outcome, result = Outcome("Failed", "InvalidSpec", f"invalid spec: {exc}"), Result(invalid=str(exc))
-        self._announce(body, outcome)
-        self._write_status(body, outcome)
-        return result
-
-    def _converge(self, body: Mapping[str, Any], ref: ModelRef, spec: ModelSpec) -> tuple[Outcome, Result]:
-        ns = ref.namespace
-        self._ensure(api_path("v1", "services", ns), desired_service(ref))
-        deployment = self.kube.get(api_path("apps/v1", "deployments", ns, child_name(ref.name)))
-        pods = self.kube.list(api_path("v1", "pods", ns), selector(selector_labels(ref.name)))
-        pods = [p for p in pods if pod_is_live(p)]
-        memory = self._memory(ref, spec)
-        folder = self._folder_present(spec.path)
-        kept = placed_from_deployment(deployment, memory or 0) if deployment else None
-        if spec.replicas == 0:
-            self._ensure_deployment(ref, spec, kept, 0, memory)
-            return self._scaled_down(body, spec, memory, folder), Result()
-        annotations = (body.get("metadata") or {}).get("annotations") or {}
-        if ANNOTATION_EVICTED_BY in annotations:  # wanted again: the eviction mark goes
-            self.kube.patch(lm_path(ns, ref.name), {"metadata": {"annotations": {ANNOTATION_EVICTED_BY: None}}})
-        placed = kept if kept is not None and deployment_replicas(deployment) > 0 else None
-        if placed is None:
-            decided = self._blocked(ref, spec, memory, folder, pods) or self._decide(body, ref, spec, memory or 0)
-            if not isinstance(decided, Placed):
-                self._ensure_deployment(ref, spec, kept, 0, memory)
-                return decided
-            placed = decided
-        deployment = self._ensure_deployment(ref, spec, placed, 1, memory)
-        return self._running(ref, placed, deployment, pods), Result()
-
-    def _blocked(
-        self, ref: ModelRef, spec: ModelSpec, memory: int | None, folder: bool | None, pods: list[dict[str, Any]]
-    ) -> tuple[Outcome, Result] | None:
-        """Why a model cannot be placed before the budget is even asked, or None."""
-        if folder is False:
-            missing = f"model folder {spec.path} is missing from the models volume"
-            return Outcome("Failed", "FolderMissing", missing, memory_bytes=memory), Result()
-        if memory is None:
-            unknown = "spec.memory is not set and the folder cannot be measured"
-            return Outcome("Failed", "MemoryUnknown", unknown), Result()
-        if pods:
-            stopping = f"the previous pod of {ref.name} is still stopping"
-            return Outcome("Loading", "WaitingForRoom", stopping, memory_bytes=memory), self._retry()
-        return None
-
-    def _ensure_deployment(
-        self, ref: ModelRef, spec: ModelSpec, placed: Placed | None, replicas: int, memory: int | None
-    ) -> dict[str, Any] | None:
-        """Scaled down, a Deployment keeps its last placement (no pointless template change)."""
-        if placed is None:
-            kind = spec.placement if spec.placement in ("cpu", "offload") else "gpu"
-            placed = Placed(None, kind, 0, memory or 0)  # type: ignore[arg-type]
-        desired = desired_deployment(ref, spec, placed, replicas, self.config)
-        return self._ensure(api_path("apps/v1", "deployments", ref.namespace), desired)
-
-    @staticmethod
-    def _scaled_down(body: Mapping[str, Any], spec: ModelSpec, memory: int | None, folder: bool | None) -> Outcome:
-        evicted_by = ((body.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_EVICTED_BY)
-        if folder is False:
-            missing = f"model folder {spec.path} is missing from the models volume"
-            return Outcome("Failed", "FolderMissing", missing, memory_bytes=memory)
-        if evicted_by:
-            return Outcome("Evicted", "Evicted", f"scaled to zero to make room for {evicted_by}", memory_bytes=memory)
-        return Outcome("Available", "ScaledToZero", memory_bytes=memory)
-
-    def _running(
-        self, ref: ModelRef, placed: Placed, deployment: Mapping[str, Any] | None, pods: list[dict[str, Any]]
-    ) -> Outcome:
-        ready = ready_replicas(deployment)
-        node = placed.node or next((n for n in map(pod_node, pods) if n), None)
-        problem = pod_problem(pods)
-        if ready >= 1:
-            phase, reason, message = "Ready", "RuntimeReady", ""
-        elif problem:
-            phase, reason, message = "Failed", "RuntimeFailing", problem
-        else:
-            phase, reason, message = "Loading", "Starting", f"runtime starting on {node or 'a node'}"
-        return Outcome(
-            phase,  # type: ignore[arg-type]
-            reason,
-            message,
-            scheduled=True,
-            node=node,
-            placement=placed.placement,
-            memory_bytes=placed.footprint_bytes,
-            ready_replicas=ready,
-            endpoint=endpoint(ref) if ready >= 1 else None,
+            spec, invalid = None, str(exc)
+        if spec is None:
+            return ModelInputs(body, ref, None, invalid, None, (), None, None, self.clock())
+        deployment = self.kube.get(api_path("apps/v1", "deployments", namespace, child_name(name)))
+        pods = self.kube.list(api_path("v1", "pods", namespace), selector(selector_labels(name)))
+        live = tuple(p for p in pods if pod_is_live(p))
+        return ModelInputs(
+            body,
+            ref,
+            spec,
+            None,
+            deployment,
+            live,
+            self._memory(name, spec),
+            self._folder_present(spec.path),
+            self.clock(),
         )
 
-    # The budget.
+    def observe_cluster(self, namespace: str, nodes: list[b.Node]) -> ClusterInputs:
+        models = self.kube.list(lm_path(namespace))
+        deployments = self.kube.list(
+            api_path("apps/v1", "deployments", namespace), f"{LABEL_MANAGED_BY}={OPERATOR_APP}"
+        )
+        pods = self.kube.list(api_path("v1", "pods", namespace), f"{LABEL_NAME}={RUNTIME_APP}")
+        held = occupants(models, deployments, pods, self.clock(), self.settings.report_stale_s)
+        return ClusterInputs(tuple(nodes), {m["metadata"]["name"]: m for m in models}, tuple(held))
 
-    def _decide(
-        self, body: Mapping[str, Any], ref: ModelRef, spec: ModelSpec, memory: int
-    ) -> Placed | tuple[Outcome, Result]:
-        ns = ref.namespace
+    # Decide, under the locks of every node the model may go to.
+
+    def _decide(self, namespace: str, name: str, need: NeedsCluster) -> Plan | None:
         nodes = [node_from(n, self.settings.node_budget_bytes) for n in self.kube.list(api_path("v1", "nodes"))]
-        models = self.kube.list(lm_path(ns))
-        deployments = self.kube.list(api_path("apps/v1", "deployments", ns), f"{LABEL_MANAGED_BY}=llmi-operator")
-        pods = self.kube.list(api_path("v1", "pods", ns), f"{LABEL_NAME}=llmi-runtime")
-        demand = b.Demand(ref.name, spec.type, memory, spec.placement, spec.node_selector, spec.tolerations)
-        decision = b.decide(
-            nodes,
-            occupants(models, deployments, pods),
-            demand,
-            self.settings.offload_gpu_bytes,
-            offload_auto=self.settings.offload_auto,
-            utilization=self.settings.budget_utilization,
-        )
-        gpu_memory = {n.name: n.gpu_memory_bytes for n in nodes}
-        if isinstance(decision, b.Place):
-            return Placed(
-                decision.node, decision.placement, decision.footprint_bytes, memory, gpu_memory.get(decision.node or "")
-            )
-        if isinstance(decision, b.Unschedulable):
-            return Outcome("Failed", "Unschedulable", decision.reason, memory_bytes=memory), Result()
-        if isinstance(decision, b.Wait):
-            return Outcome(
-                "Loading", "WaitingForRoom", f"waiting for room: {decision.reason}", memory_bytes=memory
-            ), self._retry()
-        evicted = self._evict(body, decision, {m["metadata"]["name"]: m for m in models})
-        message = f"making room on node {decision.node}: waiting for {', '.join(evicted) or 'the victims'} to stop"
-        reserved = Outcome(
-            "Loading",
-            "WaitingForRoom",
-            message,
-            node=decision.node,
-            placement=decision.placement,
-            memory_bytes=decision.footprint_bytes,
-        )
-        return reserved, self._retry()
-
-    def _evict(self, body: Mapping[str, Any], decision: b.Evict, models: Mapping[str, Mapping[str, Any]]) -> list[str]:
-        name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
-        evicted: list[str] = []
-        for victim in decision.victims:
-            target = models.get(victim)
-            if target is None or not self._scale_to_zero(target, {ANNOTATION_EVICTED_BY: name}):
-                continue  # changed meanwhile: the next pass decides again
-            evicted.append(victim)
-            self.notify(target, "Normal", "Evicted", f"scaled to zero to make room for {name} on node {decision.node}")
-            self._reconcile(ns, victim)  # its Deployment goes to zero now, its status says Evicted
-        if evicted:
-            log.info("%s/%s: evicting %s from node %s", ns, name, ", ".join(evicted), decision.node)
-            self.notify(
-                body, "Normal", "Evicting", f"scaling {', '.join(evicted)} to zero to make room on node {decision.node}"
-            )
-        return evicted
-
-    def _scale_to_zero(self, body: Mapping[str, Any], annotations: dict[str, str]) -> bool:
-        """spec.replicas 0, guarded by the resourceVersion we decided on (a pin set meanwhile wins)."""
-        meta = body["metadata"]
-        patch: dict[str, Any] = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "spec": {"replicas": 0}}
-        if annotations:
-            patch["metadata"]["annotations"] = annotations
-        try:
-            return self.kube.patch(lm_path(meta["namespace"], meta["name"]), patch) is not None
-        except Conflict:
-            return False
-
-    def _retry(self) -> Result:
-        return Result(retry_after=self.settings.retry_delay_s)
+        keys = [n.name for n in nodes if b.eligible(n, need.demand)]
+        with self._nodes.holding(*keys):
+            inputs = self.observe(namespace, name)  # again, now that no decision on these nodes runs
+            if inputs is None:
+                return None
+            plan = plan_pass(inputs, self.observe_cluster(namespace, nodes), self.config, self.timing)
+            assert not isinstance(plan, NeedsCluster)
+            self.applier.apply(inputs.body, plan, inputs.deployment)
+            return plan
 
     # Helpers.
 
-    def _ensure(self, collection: str, desired: dict[str, Any]) -> dict[str, Any] | None:
-        """Get, create or patch one child by its deterministic name; nothing is written when it matches."""
-        path = f"{collection}/{desired['metadata']['name']}"
-        observed = self.kube.get(path)
-        if observed is None:
-            try:
-                return self.kube.create(collection, desired)
-            except Conflict:
-                observed = self.kube.get(path)
-                if observed is None:
-                    raise
-        ops = patch_ops(observed, desired)
-        return self.kube.patch(path, ops, JSON_PATCH) if ops else observed
-
-    def _memory(self, ref: ModelRef, spec: ModelSpec) -> int | None:
+    def _memory(self, name: str, spec: ModelSpec) -> int | None:
         """spec.memory, else the catalog's estimate of the folder (when the volume is mounted here)."""
         if spec.memory_bytes is not None:
             return spec.memory_bytes
         folder = self.settings.models_dir / spec.path
         try:
-            key = (str(folder), folder.stat().st_mtime)
+            mtime = folder.stat().st_mtime
         except OSError:
             return None
-        if key not in self._estimates:
-            try:
-                self._estimates[key] = describe(folder, ref.name, self.settings.max_model_len).memory_bytes
-            except Exception as exc:  # any unreadable folder: the status says the memory is unknown
-                log.warning("cannot estimate %s: %s", folder, exc)
-                self._estimates[key] = None
-        return self._estimates[key]
+        return _estimate(str(folder), mtime, name, self.settings.max_model_len)
 
     def _folder_present(self, path: str) -> bool | None:
         """None when the models volume is not mounted in the operator (nothing can be said)."""
         root: Path = self.settings.models_dir
         return (root / path).is_dir() if root.is_dir() else None
-
-    def _announce(self, body: Mapping[str, Any], outcome: Outcome) -> None:
-        status = body.get("status") or {}
-        changed = status.get("phase") != outcome.phase or status.get("message", "") != outcome.message
-        if not changed:
-            return
-        meta = body["metadata"]
-        log.info("%s/%s: %s (%s) %s", meta["namespace"], meta["name"], outcome.phase, outcome.reason, outcome.message)
-        if outcome.phase == "Failed":
-            self.notify(body, "Warning", outcome.reason, outcome.message)
-        elif outcome.phase == "Ready" and status.get("phase") != "Ready":
-            self.notify(body, "Normal", "Ready", f"serving at {outcome.endpoint} on node {outcome.node}")
-
-    def _write_status(self, body: Mapping[str, Any], outcome: Outcome) -> None:
-        meta = body["metadata"]
-        current = body.get("status") or {}
-        last_request = (meta.get("annotations") or {}).get(ANNOTATION_LAST_REQUEST)
-        desired = desired_status(
-            current, outcome, generation=int(meta.get("generation") or 0), last_request=last_request, now=self.clock()
-        )
-        patch = status_patch(current, desired)
-        if patch:
-            self.kube.patch(lm_path(meta["namespace"], meta["name"], "status"), {"status": patch})

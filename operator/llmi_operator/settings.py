@@ -71,6 +71,24 @@ class OperatorSettings(BaseSettings):
         180, ge=1, description="Startup probe attempts, 5 s apart, before a loading pod is restarted (15 min)."
     )
     request_timeout_s: float = Field(30.0, gt=0, description="Timeout of one Kubernetes API call (s).")
+    drain_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a victim may take to finish its requests in flight before it is scaled to zero "
+        "anyway (what is still running then is cut).",
+    )
+    drain_grace_s: float = Field(
+        3.0,
+        ge=0,
+        description="Seconds after marking a victim before its routers' reports are believed: time for every "
+        "router to see the mark and report what it admitted just before.",
+    )
+    report_stale_s: float = Field(
+        90.0,
+        gt=0,
+        description="A router's in-flight report older than this is ignored (that router is gone); routers "
+        "refresh busy reports every 30 s.",
+    )
 
     @property
     def node_budget_bytes(self) -> int:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from llmi.localmodel import Phase, format_time, parse_time
 from llmi.planner import gib
-from llmi_operator.localmodel import format_time, parse_time
 
-Phase = Literal["Available", "Loading", "Ready", "Evicted", "Failed"]
 MANAGED = (
     "phase",
     "message",

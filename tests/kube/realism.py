@@ -18,7 +18,9 @@ for a declared resource itself, the way an API server would:
 - list and watch: label and field selectors; a watch from a resourceVersion replays what came
   after it, without one it starts with every object as ADDED.
 
-Also patched: kmock's path parser, for the namespace paths it cannot parse. Not emulated: garbage
+Also patched: kmock's path parser, for the namespace paths it cannot parse, and its watch detection,
+which knows ``?watch=true`` but not kubernetes_asyncio's ``?watch=True``. Tests inject API failures
+through ``Emulator.faults``. Not emulated: garbage
 collection, controllers, admission, defaulting and schema validation.
 """
 
@@ -54,6 +56,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
     "v1/events": {"kind": "Event", "namespaced": True, "subresources": []},
     "events.k8s.io/v1/events": {"kind": "Event", "namespaced": True, "subresources": []},
     "apps/v1/deployments": {"kind": "Deployment", "namespaced": True, "subresources": ["status", "scale"]},
+    "discovery.k8s.io/v1/endpointslices": {"kind": "EndpointSlice", "namespaced": True, "subresources": []},
     "apiextensions.k8s.io/v1/customresourcedefinitions": {
         "kind": "CustomResourceDefinition",
         "namespaced": False,
@@ -76,6 +79,19 @@ def parse_path(path: str) -> parsing.ParsedPath:
 
 
 parsing.parse_path = parse_path  # rendering.Request._parse looks it up on the module at each request
+
+_guess_k8s = parsing.guess_k8s
+GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}  # strconv.ParseBool, as the API server parses ?watch=
+
+
+def guess_k8s(k8s: parsing.ParsedPath, method: Any, query: dict[str, str]) -> Any:
+    """kmock 0.8 knows only ``watch=true``; kubernetes_asyncio sends ``watch=True``."""
+    if query.get("watch") in GO_TRUE:
+        query = {**query, "watch": "true"}
+    return _guess_k8s(k8s, method, query)
+
+
+parsing.guess_k8s = guess_k8s
 
 
 class ApiError(kmock.KubernetesError):
@@ -156,6 +172,8 @@ class Emulator(kmock.KubernetesEmulator):
     """kmock's emulator with the API server behaviour listed in the module docstring."""
 
     writes: list[Write] = attrs.field(factory=list, init=False)
+    # Tests inject API failures here: a function of the request returning (status, message), or None.
+    faults: list[Any] = attrs.field(factory=list, init=False)
     _rv: int = attrs.field(default=0, init=False)
 
     # Declaring resources.
@@ -382,6 +400,12 @@ class Emulator(kmock.KubernetesEmulator):
         own = res is not None and res.plural is not None and res in self.resources
         if not own or request.action == kmock.action.WATCH:
             return await super()._handle(request)
+        for fault in self.faults:
+            failed = fault(request)
+            if failed is not None:
+                return await self._render_error(
+                    error(failed[0], "Forbidden" if failed[0] == 403 else "Error", failed[1])
+                )
         try:
             status, body = await self._serve(request)
         except kmock.KubernetesError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmi.localmodel import ANNOTATION_DRAIN, Drain, encode_drain, encode_report, report_key
 from llmi.modeltypes import ModelType
 from llmi_operator.budget import Demand, Evict, Node, Occupant, Place, Unschedulable, Wait, decide, tolerates
 from llmi_operator.observe import node_from, occupants
@@ -187,3 +188,58 @@ def test_no_node_is_ever_planned_beyond_its_budget(case: tuple[list[Node], list[
         for node in nodes:  # even evicting every unpinned model would not make room anywhere
             pinned = sum(o.footprint_bytes for o in held if o.node == node.name and o.pinned)
             assert pinned + want.memory_bytes > node.budget_bytes
+
+
+def busy(name: str, node: str, gib: int, last_used: float, in_flight: int = 1) -> Occupant:
+    return Occupant(name, node, ModelType.CHAT, gib * GIB, last_used, evictable=True, in_flight=in_flight)
+
+
+def test_idle_models_go_before_busy_ones_even_when_busy_ones_are_older() -> None:
+    nodes = [Node("a", 8 * GIB)]
+    held = [busy("old-busy", "a", 3, 1.0), ready("new-idle", "a", 3, 9.0)]
+    assert decide(nodes, held, demand("m4", 4), OFFLOAD) == Evict("a", ("new-idle",), "gpu", 4 * GIB)
+
+
+def test_an_idle_victim_on_another_node_beats_a_busy_one_here() -> None:
+    nodes = [Node("a", 8 * GIB), Node("b", 8 * GIB)]
+    held = [busy("busy", "a", 6, 1.0), ready("idle", "b", 7, 9.0)]
+    assert decide(nodes, held, demand("m4", 4), OFFLOAD) == Evict("b", ("idle",), "gpu", 4 * GIB)
+
+
+def test_busy_models_are_drained_only_when_nothing_idle_would_do() -> None:
+    nodes = [Node("a", 8 * GIB)]
+    held = [busy("b1", "a", 4, 2.0), busy("b2", "a", 4, 1.0, in_flight=5)]
+    assert decide(nodes, held, demand("m4", 4), OFFLOAD) == Evict("a", ("b2",), "gpu", 4 * GIB)
+    draining = Occupant("d", "a", ModelType.CHAT, 8 * GIB, 1.0, evictable=False, draining_for="other")
+    assert isinstance(decide(nodes, [draining], demand("m4", 4), OFFLOAD), Wait)  # already going: not twice
+
+
+def test_router_reports_become_in_flight_and_drain_marks_block_a_second_eviction() -> None:
+    def model(name: str, annotations: dict[str, str]) -> dict[str, object]:
+        return {
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"path": name, "type": "chat", "memory": "3Gi", "replicas": 1},
+            "status": {"phase": "Ready"},
+        }
+
+    deployment = {
+        "metadata": {"labels": {"llmi.dev/model": "x"}},
+        "spec": {"replicas": 1, "template": {"metadata": {"annotations": {}}, "spec": {}}},
+    }
+    fresh, stale = encode_report(2, 1000.0), encode_report(4, 800.0)
+    found = occupants(
+        [
+            model("busy", {report_key("r1"): fresh, report_key("r2"): stale}),
+            model("draining", {ANNOTATION_DRAIN: encode_drain(Drain("big", 990.0))}),
+        ],
+        [deployment],
+        [
+            {"metadata": {"labels": {"llmi.dev/model": n}}, "spec": {"nodeName": "a"}, "status": {"phase": "Running"}}
+            for n in ("busy", "draining")
+        ],
+        now=1010.0,
+        stale_s=90.0,
+    )
+    by_name = {o.name: o for o in found}
+    assert (by_name["busy"].in_flight, by_name["busy"].evictable) == (2, True)
+    assert (by_name["draining"].draining_for, by_name["draining"].evictable) == ("big", False)

@@ -8,6 +8,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
+from llmi.localmodel import label_value
 from llmi.modeltypes import ModelType
 from llmi_operator.children import (
     ANNOTATION_SPEC_HASH,
@@ -20,7 +21,7 @@ from llmi_operator.children import (
     patch_ops,
     resolve_engine,
 )
-from llmi_operator.localmodel import InvalidSpec, ModelRef, ModelSpec, label_value, parse_spec
+from llmi_operator.localmodel import InvalidSpec, ModelRef, ModelSpec, parse_spec
 from llmi_operator.observe import placed_from_deployment
 
 GIB = 1024**3

@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kopf
 import pytest
 
 from llmi.cli import COMPONENTS, build_parser
 from llmi.settings import Settings
+from llmi_operator.handlers import configure
 from llmi_operator.main import operator_settings
+from llmi_operator.settings import OperatorSettings
 
 
 def test_subcommand_is_lazy_and_parses_its_options() -> None:
@@ -38,3 +41,13 @@ def test_settings_come_from_the_contracts_variables(monkeypatch: pytest.MonkeyPa
 def test_the_package_imports_outside_the_repository() -> None:
     done = subprocess.run([sys.executable, "-c", "import llmi_operator.handlers, operator; operator.add"], cwd="/")
     assert done.returncode == 0
+
+
+def test_kopf_settings_leave_peering_to_the_command_line() -> None:
+    """--standalone/--no-standalone reach kopf.run; the startup hook must not override them."""
+    for standalone in (True, False):
+        kopf_settings = kopf.OperatorSettings()
+        kopf_settings.peering.standalone = standalone  # what kopf.run(standalone=...) set before startup
+        configure(kopf_settings, OperatorSettings())
+        assert kopf_settings.peering.standalone is standalone
+        assert kopf_settings.persistence.finalizer == "llmi.dev/operator"

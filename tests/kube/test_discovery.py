@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 from pathlib import Path
 
+import kopf
 import pytest
 
 from llmi.catalog.estimate import Estimate
 from llmi.catalog.scan import ModelEntry
 from llmi.modeltypes import ModelType
 from llmi_operator.discovery import discovered_spec, missing_fields, model_name
+from llmi_operator.handlers import discovery_loop
+from llmi_operator.settings import OperatorSettings
 from tests.kube.cluster import LM, eventually, operator_settings, running_operator
 from tests.kube.conftest import KubeEnv
 
@@ -97,3 +102,27 @@ async def test_discovery_creates_fills_and_marks(
         shutil.copytree(tiny_models["tiny-clip"], models / "tiny-clip")
         await eventually(lambda: listed()["tiny-clip"]["status"]["phase"] == "Available", "back once the folder is")
     assert "tiny-clip" in listed()  # never deleted
+
+
+async def test_a_failing_scan_is_logged_and_discovery_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[int] = []
+    second = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def scan(memo: object, config: object) -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise OSError("stale NFS file handle")
+        loop.call_soon_threadsafe(second.set)
+
+    config = OperatorSettings(discovery_interval_s=0.01)
+    task = asyncio.create_task(discovery_loop(kopf.Memo(), config, scan))
+    try:
+        await asyncio.wait_for(second.wait(), 30)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert calls[:2] == [0, 1]
+    assert "discovery failed (1 in a row)" in caplog.text
+    assert "stale NFS file handle" in caplog.text

@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from llmi.localmodel import format_time
 from llmi_operator.kube import RestKube, load_api_client
-from llmi_operator.localmodel import format_time
 from llmi_operator.reconcile import Reconciler
 from tests.kube.cluster import (
     DEPLOYMENTS,
@@ -26,14 +25,14 @@ from tests.kube.cluster import (
     SERVICES,
     FakeCluster,
     eventually,
-    footprint,
     local_model,
     node,
     operator_settings,
+    replay_budget,
     running_operator,
 )
 from tests.kube.conftest import KubeEnv
-from tests.kube.realism import MERGE, Write
+from tests.kube.realism import MERGE
 
 
 def status(env: KubeEnv, name: str) -> dict[str, Any]:
@@ -72,47 +71,6 @@ def children(env: KubeEnv, name: str) -> tuple[list[dict[str, Any]], list[dict[s
         env.emulator.find_all(DEPLOYMENTS, env.namespace, selector),
         env.emulator.find_all(SERVICES, env.namespace, selector),
     )
-
-
-def replay_budget(writes: list[Write], budgets: Mapping[str, int]) -> list[tuple[str, int]]:
-    """Replay every write in order; at each step no node may hold more than its budget.
-
-    A model holds its footprint on a node from the moment its Deployment is scaled up there
-    until its Deployment is scaled down and its last pod is gone. Returns the order in which
-    Deployments' replicas changed.
-    """
-    deployments: dict[str, tuple[int, str | None, int]] = {}
-    pods: dict[str, tuple[str, str, int]] = {}
-    changes: list[tuple[str, int]] = []
-    for write in writes:
-        obj = write.object
-        if write.resource == DEPLOYMENTS:
-            replicas = int(obj["spec"].get("replicas", 1)) if write.type != "DELETED" else 0
-            template = obj["spec"]["template"]
-            where = (template["spec"].get("nodeSelector") or {}).get("kubernetes.io/hostname")
-            previous = deployments.get(write.name)
-            deployments[write.name] = (replicas, where, footprint(template))
-            if previous is None or previous[0] != replicas:
-                changes.append((write.name, replicas))
-        elif write.resource == PODS:
-            if write.type == "DELETED":
-                pods.pop(write.name, None)
-            else:
-                pods[write.name] = (
-                    obj["metadata"]["labels"]["fake/deployment"],
-                    obj["spec"]["nodeName"],
-                    footprint(obj),
-                )
-        held: dict[tuple[str, str], int] = {}
-        for name, (replicas, where, size) in deployments.items():
-            if replicas > 0 and where:
-                held[where, name] = size
-        for owner, where, size in pods.values():
-            held[where, owner] = max(size, held.get((where, owner), 0))
-        for where, budget in budgets.items():
-            total = sum(size for (n, _), size in held.items() if n == where)
-            assert total <= budget, f"node {where} holds {total / GIB:.1f} GiB at write {write.rv}: {held}"
-    return changes
 
 
 async def test_reconcile_creates_the_runtime_deployment_and_service(kube_env: KubeEnv, tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The router's Kubernetes control plane (``llmi router --kubernetes``)."""
