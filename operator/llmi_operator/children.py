@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,7 +33,10 @@ from llmi.localmodel import (
 )
 from llmi.localmodel import label_value as to_label_value
 from llmi.modeltypes import ModelType
-from llmi.planner import GIB, PlacementKind
+from llmi.planner import PlacementKind
+from llmi.settings import Settings
+from llmi.vllm import VllmLaunch
+from llmi.vllm import vllm_args as shared_vllm_args
 from llmi_operator.localmodel import InvalidSpec, ModelRef, ModelSpec
 from llmi_operator.settings import OperatorSettings
 
@@ -57,9 +59,14 @@ class ChildConfig:
     gpu_mode: Literal["shared", "exclusive"]
     termination_grace_s: int
     startup_probe_failures: int
+    # LLM_VLLM_* (llmi.settings), so that pods start vLLM as `llmi serve` does.
+    vllm_max_model_len: int | None = None
+    vllm_dtype: str = "auto"
+    vllm_tensor_parallel_size: int = 1
 
     @classmethod
     def from_settings(cls, settings: OperatorSettings) -> ChildConfig:
+        shared = Settings()
         return cls(
             runtime_image=settings.runtime_image,
             vllm_image=settings.vllm_image,
@@ -67,6 +74,9 @@ class ChildConfig:
             gpu_mode=settings.gpu_mode,
             termination_grace_s=settings.termination_grace_s,
             startup_probe_failures=settings.startup_probe_failures,
+            vllm_max_model_len=shared.vllm_max_model_len,
+            vllm_dtype=shared.vllm_dtype,
+            vllm_tensor_parallel_size=shared.vllm_tensor_parallel_size,
         )
 
 
@@ -132,18 +142,25 @@ def runtime_args(ref: ModelRef, spec: ModelSpec, placed: Placed) -> list[str]:
     return args + list(spec.engine_args)
 
 
-def vllm_args(ref: ModelRef, spec: ModelSpec, placed: Placed) -> list[str]:
-    """Arguments of ``vllm serve``; a flag the user already gives in engineArgs is never added twice."""
-    args = [f"{MODELS_MOUNT}/{spec.path}", "--served-model-name", ref.name, "--host", "0.0.0.0", "--port", str(PORT)]
-    extra = spec.engine_args
-    if placed.gpu_memory_bytes and not _has_flag(extra, "--gpu-memory-utilization"):
-        # vLLM takes 90% of the GPU by default; on a shared GPU it may only take its budget share.
-        share = min(placed.footprint_bytes / placed.gpu_memory_bytes, 0.95)
-        args += ["--gpu-memory-utilization", f"{math.floor(share * 1000) / 1000:.3f}"]
-    if placed.placement == "offload" and not _has_flag(extra, "--cpu-offload-gb"):
-        offload = max(placed.memory_bytes - placed.footprint_bytes, 0) / GIB
-        args += ["--cpu-offload-gb", f"{math.ceil(offload * 100) / 100:g}"]
-    return args + list(extra)
+def vllm_args(ref: ModelRef, spec: ModelSpec, placed: Placed, config: ChildConfig | None = None) -> list[str]:
+    """Arguments of ``vllm serve``, from the builder `llmi serve` uses too (llmi/vllm.py); a flag the
+    user already gives in engineArgs is never added twice."""
+    config = config or ChildConfig("", "", "", "shared", 0, 0)
+    launch = VllmLaunch(
+        model_path=f"{MODELS_MOUNT}/{spec.path}",
+        served_name=ref.name,
+        host="0.0.0.0",
+        port=PORT,
+        placement="offload" if placed.placement == "offload" else "gpu",
+        footprint_bytes=placed.footprint_bytes,
+        memory_bytes=placed.memory_bytes,
+        gpu_memory_bytes=placed.gpu_memory_bytes,
+        max_model_len=config.vllm_max_model_len,
+        dtype=config.vllm_dtype,
+        tensor_parallel_size=config.vllm_tensor_parallel_size,
+        engine_args=tuple(spec.engine_args),
+    )
+    return shared_vllm_args(launch)
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
@@ -190,7 +207,7 @@ def _container(ref: ModelRef, spec: ModelSpec, placed: Placed, config: ChildConf
         "name": CONTAINER,
         "image": config.vllm_image if vllm else config.runtime_image,
         "command": ["vllm", "serve"] if vllm else ["llmi", "runtime"],
-        "args": vllm_args(ref, spec, placed) if vllm else runtime_args(ref, spec, placed),
+        "args": vllm_args(ref, spec, placed, config) if vllm else runtime_args(ref, spec, placed),
         "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
         "env": _env(engine, placed, config.gpu_mode),
         "resources": _resources(spec, placed, config.gpu_mode),

@@ -224,3 +224,23 @@ def test_the_placement_read_back_from_a_deployment_derives_the_same_child() -> N
         kept = placed_from_deployment(running, placed.memory_bytes)
         assert kept == placed
         assert desired_deployment(REF, model, kept, 1, CONFIG) == running
+
+
+def test_pods_start_vllm_with_the_same_command_as_llmi_serve() -> None:
+    """One builder (llmi/vllm.py): the operator's args are the embedded launcher's but for host and port."""
+    from dataclasses import replace
+
+    from llmi.vllm import VllmLaunch
+    from llmi.vllm import vllm_args as shared
+
+    config = replace(CONFIG, vllm_max_model_len=8192, vllm_dtype="bfloat16", vllm_tensor_parallel_size=2)
+    pod = container(desired_deployment(REF, spec(engine="vllm"), GPU, 1, config))["args"]
+    embedded = shared(
+        VllmLaunch("/models/qwen", "qwen-7b", "127.0.0.1", 9, "gpu", 5 * GIB, 5 * GIB, 20 * GIB, 8192, "bfloat16", 2)
+    )
+    flags = lambda args: {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}  # noqa: E731
+    differ = {"--host", "--port"}
+    assert {k: v for k, v in flags(pod).items() if k not in differ} == {
+        k: v for k, v in flags(embedded).items() if k not in differ
+    }
+    assert flags(pod)["--max-model-len"] == "8192"
