@@ -6,6 +6,7 @@ invents its own shape. 5xx messages never carry internals.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -121,3 +122,33 @@ class UpstreamFailed(LlmiError):
 def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     """The envelope OpenAI's clients parse: ``{"error": {message, type, param, code}}``."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def openai_error(content: bytes, status: int) -> bytes:
+    """An upstream's error body in OpenAI's envelope. vLLM answers ``{"object": "error", "message",
+    "type": "BadRequestError", "code": 400}`` (or the same inside ``"error"``): the integer code
+    and the Python class name become ``null`` and OpenAI's type. llmi's own bodies pass unchanged."""
+    try:
+        body = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return content
+    if not isinstance(body, dict):
+        return content
+    error = body.get("error") if isinstance(body.get("error"), dict) else body
+    if "message" not in error:
+        return content
+    code = error.get("code")
+    ours = error.get("type") in OPENAI_TYPES and (code is None or isinstance(code, str))
+    if ours and error is not body:
+        return content
+    return json.dumps(
+        error_body(
+            str(error.get("message")),
+            "invalid_request_error" if status < 500 else "server_error",
+            param=error.get("param") if isinstance(error.get("param"), str) else None,
+            code=code if isinstance(code, str) else None,
+        )
+    ).encode()
+
+
+OPENAI_TYPES = {"invalid_request_error", "server_error", "rate_limit_error", "authentication_error", "not_found_error"}

@@ -121,3 +121,22 @@ def test_engine_choice() -> None:
     assert "needs a GPU" in resolve_engine("vllm", chat, "cpu", gpu=False, vllm_available=True)
     assert "not installed" in resolve_engine("vllm", chat, "gpu", gpu=True, vllm_available=False)
     assert "chat models" in resolve_engine("vllm", embed, "gpu", gpu=True, vllm_available=True)
+
+
+def test_vllm_error_bodies_become_openai_envelopes() -> None:
+    from llmi.errors import openai_error
+
+    old = b'{"object": "error", "message": "too long", "type": "BadRequestError", "param": null, "code": 400}'
+    new = b'{"error": {"message": "boom", "type": "InternalServerError", "param": null, "code": 500}}'
+    assert json.loads(openai_error(old, 400)) == {
+        "error": {"message": "too long", "type": "invalid_request_error", "param": None, "code": None}
+    }
+    assert json.loads(openai_error(new, 500))["error"] == {
+        "message": "boom",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+    ours = b'{"error": {"message": "x", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}'
+    assert openai_error(ours, 404) == ours
+    assert openai_error(b"not json", 502) == b"not json"

@@ -100,3 +100,24 @@ def test_a_switch_parks_with_sleep_and_wakes_back(serve: ServeProcess, stub_log:
     assert llama.count("argv") == 1  # woken, never started again
     assert llama[-2:] == ["wake_up", "chat"]
     assert next(c for c in calls(stub_log, "tiny-llama-chat") if c["event"] == "sleep")["level"] == "1"
+
+
+def test_fields_vllm_honours_pass_through_and_its_errors_come_back_in_our_envelope(serve: ServeProcess) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    ask = {"model": "tiny-llama-chat", "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(timeout=120) as client:
+        # The transformers engine refuses tools, logprobs and n > 1; vLLM takes them.
+        passed = client.post(
+            f"{serve.url}/v1/chat/completions", json={**ask, "tools": [tool], "logprobs": True, "n": 2}
+        )
+        assert passed.status_code == 200, passed.text
+        refused = client.post(f"{serve.url}/v1/chat/completions", json={**ask, "max_tokens": 5000})
+    assert refused.status_code == 400
+    assert refused.json() == {
+        "error": {
+            "message": "max_tokens is too large for this stub's context.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }

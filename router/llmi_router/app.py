@@ -43,7 +43,7 @@ from llmi.web import BodyLimitMiddleware, Receive, Scope, Send, install_error_ha
 from llmi_router.metrics import RouterMetrics
 from llmi_router.operations import install_operations
 from llmi_router.page import install_page
-from llmi_router.ports import ControlPlane, ReadinessProbe
+from llmi_router.ports import ControlPlane, EngineProbe, ReadinessProbe
 from llmi_router.proxy import Proxy, new_session
 
 ROUTES: dict[str, type[BaseModel]] = {
@@ -80,6 +80,7 @@ class Gateway:
         self.settings = settings
         self.metrics = metrics
         self.probe = control if isinstance(control, ReadinessProbe) else None
+        self.engines = control if isinstance(control, EngineProbe) else None
         self.proxy: Proxy | None = None
 
     async def start(self) -> None:
@@ -117,7 +118,7 @@ class Gateway:
         model = fields.model if fields is not None else None
         if fields is not None and model is None and path in RERANK_PATHS:
             model = self.sole_reranker()
-        if fields is None or model is None or self.probe is None or not self.probe.is_ready(model):
+        if fields is None or model is None or not self.passes_through(model):
             # The strict check, and the token caps, before a load can start.
             parsed = parse_json(body, self.request_model(path, body))
             model = getattr(parsed, "model", None) or model or self.sole_reranker()
@@ -126,6 +127,13 @@ class Gateway:
         assert model is not None
         self.check_endpoint(model, path)
         return model, fields.stream
+
+    def passes_through(self, model: str) -> bool:
+        """The runtime validates for itself: the model is ready (no load can follow), or vLLM serves
+        it (it honours fields the transformers engine refuses: tools, logprobs, n, response_format)."""
+        if self.probe is not None and self.probe.is_ready(model):
+            return True
+        return self.engines is not None and self.engines.engine(model) == "vllm"
 
     def request_model(self, path: str, body: bytes) -> type[BaseModel]:
         if path != "/rerank":

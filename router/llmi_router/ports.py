@@ -70,3 +70,11 @@ class ReadinessProbe(Protocol):
     its strict body check (the runtime checks again) when no load can follow."""
 
     def is_ready(self, model: str) -> bool: ...
+
+
+@runtime_checkable
+class EngineProbe(Protocol):
+    """Optional for a control plane: the engine that serves ``model`` ("vllm", "transformers"),
+    so that the router passes through what vLLM validates and honours (tools, logprobs, n, ...)."""
+
+    def engine(self, model: str) -> str | None: ...

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from llmi.errors import ClientGone, LlmiError, UpstreamFailed
+from llmi.errors import ClientGone, LlmiError, UpstreamFailed, openai_error
 from llmi.web import SSE_DONE, SSE_HEADERS, Receive, Send, sse_event, unless_client_leaves, wait_for_disconnect
 from llmi_router.ports import ControlPlane, Lease
 
@@ -73,6 +73,8 @@ class Proxy:
             lease.release()  # first, and synchronous: nothing may skip it
             if not done:
                 upstream.close()  # tells the runtime its client left
+        if upstream.status >= 400:
+            content = openai_error(content, upstream.status)  # vLLM's own error bodies, in our envelope
         headers = _relayed(upstream)
         headers.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
@@ -160,8 +162,14 @@ class Proxy:
     async def _pump(self, model: str, upstream: aiohttp.ClientResponse, sse: bool, started: bool, send: Send) -> int:
         if started and not (sse and upstream.status == 200):
             # Headers are already out: the runtime's refusal becomes an SSE error event.
-            content = await upstream.read()
+            content = openai_error(await upstream.read(), upstream.status)
             await send({"type": "http.response.body", "body": b"data: " + content.strip() + b"\n\n" + SSE_DONE})
+            return upstream.status
+        if not sse and upstream.status >= 400:  # a refusal before any byte of a stream: a plain error
+            content = openai_error(await upstream.read(), upstream.status)
+            headers = [*_relayed(upstream), (b"content-length", str(len(content)).encode())]
+            await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
             return upstream.status
         if not started:
             headers = _relayed(upstream)

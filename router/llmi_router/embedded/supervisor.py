@@ -125,6 +125,15 @@ class Supervisor:
         slot = self.world.slots.get(model)
         return slot is not None and slot.state is State.READY and not slot.removed
 
+    def engine(self, model: str) -> str | None:
+        """The engine that serves (or would serve) ``model``: "vllm" or "transformers"."""
+        slot = self.world.slots.get(model)
+        if slot is None:
+            return None
+        where = planner.placement(slot.entry.memory_bytes, self.budget, slot.entry.placement)
+        engine = self._engine(slot.entry, slot.placement or getattr(where, "kind", "cpu"))
+        return engine if engine in ("vllm", "transformers") else None
+
     def model_type(self, model: str) -> str | None:
         slot = self.world.slots.get(model)
         return None if slot is None or slot.removed else str(slot.entry.type)
