@@ -38,7 +38,7 @@ class FakeHandle:
         self.stopped = True
         if not self._exit.done():
             self._exit.set_result(0)
-        return 0
+        return await asyncio.shield(self._exit)  # as the real handle: its exit future is the truth
 
     def crash(self) -> None:
         self._exit.set_result(-9)

@@ -428,7 +428,9 @@ class Supervisor:
         """Notice a runtime that exits; the decision whether that was a crash is step's."""
         if handle.exited is None:
             return
-        code = await handle.exited
+        # Shielded: cancelling this watcher (a stop) must not cancel the handle's own exit future,
+        # which the stop itself waits on.
+        code = await asyncio.shield(handle.exited)
         self.post(s.Exited(model, attempt, code, handle.reason()))
 
     async def _stop(self, model: str, attempt: int) -> None:
@@ -440,13 +442,14 @@ class Supervisor:
         if watcher is not None:
             watcher.cancel()
         known = self._handles.get(model)
-        if known is not None and known[0] == attempt:
-            del self._handles[model]
-            try:
+        try:
+            if known is not None and known[0] == attempt:
+                del self._handles[model]
                 await known[1].stop(STOP_GRACE_S)
-            except Exception:
-                log.exception("stopping %s", model)
-        self.post(s.Stopped(model, attempt))
+        except Exception:
+            log.exception("stopping %s", model)
+        finally:
+            self.post(s.Stopped(model, attempt))  # every path out of stopping settles
 
     async def _park(self, model: str, attempt: int) -> None:
         known = self._handles.get(model)
