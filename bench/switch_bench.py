@@ -84,7 +84,8 @@ def png_b64() -> str:
 
 
 def body_for(model: str, image: str) -> tuple[str, dict[str, Any]]:
-    path, body = STORM_MODELS.get(model, ("/v1/embeddings", {"input": "hello"}))
+    fallback = STORM_MODELS["tiny-llama-chat"] if kind_of(model) == "chat" else ("/v1/embeddings", {"input": "hello"})
+    path, body = STORM_MODELS.get(model, fallback)
     body = json.loads(json.dumps(body).replace('"IMAGE"', json.dumps(image)))
     return path, {"model": model, **body}
 
@@ -178,6 +179,7 @@ def serve_env(before: Path | None) -> dict[str, str]:
     env = runtime_env(LLM_LOG_LEVEL="WARNING", LLM_AUTO_UNLOAD_MODELS="false")
     if before is not None:
         env["PYTHONPATH"] = os.pathsep.join(str(before / p) for p in ("", "runtime", "router", "operator"))
+        env["PYTHONSAFEPATH"] = "1"  # `python -m` must not put this checkout's folder first
     return env
 
 
