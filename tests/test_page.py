@@ -60,6 +60,7 @@ def test_first_run_says_where_it_looked_and_how_to_add_a_model(tmp_path: Path) -
 )
 def test_the_page_follows_a_load_and_an_eviction_live(serve: ServeProcess) -> None:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -77,7 +78,10 @@ def test_the_page_follows_a_load_and_an_eviction_live(serve: ServeProcess) -> No
         assert client.post(f"{serve.url}/v1/embeddings", json={"model": model, **EMBED}).status_code == 200
 
     def state(model: str) -> str:
-        return str(driver.find_element(By.CSS_SELECTOR, f'tr[data-model="{model}"] td.state').text)
+        try:
+            return str(driver.find_element(By.CSS_SELECTOR, f'tr[data-model="{model}"] td.state').text)
+        except StaleElementReferenceException:  # the table was redrawn while we read it: read again
+            return ""
 
     try:
         driver.get(f"{serve.url}/")

@@ -53,6 +53,12 @@ class FakeGpuEngine:
     def embed(self, inputs: list[str]) -> tuple[torch.Tensor, int]:
         return torch.ones(len(inputs), 4), len(inputs)
 
+    def prepare(self, inputs: list[str]) -> list[list[int]]:
+        return [[0] for _ in inputs]  # one token each
+
+    def forward(self, rows: list[list[int]]) -> list[torch.Tensor]:
+        return [torch.ones(4) for _ in rows]
+
     def info(self) -> dict[str, Any]:
         return {"device": str(self.device), "placement": self.placement, "parameters": 20, "memory_bytes": 80}
 
