@@ -85,6 +85,10 @@ class _Builder:
         self.config = config
         self.effects: list[Effect] = []
 
+    def queued(self, model: str) -> int:
+        """Requests waiting for ``model`` (without building a World on the hot path)."""
+        return sum(1 for w in self.waiters if w.model == model)
+
     def world(self) -> World:
         return World(self.slots, tuple(self.waiters), self.closing, self.close_deadline)
 
@@ -184,7 +188,7 @@ def _want(b: _Builder, wid: int, name: str) -> None:
         b.refuse(waiter, "failed", f"Model '{name}' failed: {slot.error}", slot.retry_at - b.now)
     elif isinstance(where := _placement(b, slot), planner.Refusal):
         b.refuse(waiter, "too_large", f"Model '{name}' cannot be loaded: {where.reason}", 60.0)
-    elif b.world().queued(name) > b.config.max_queue and not _grantable(b, slot):
+    elif b.queued(name) > b.config.max_queue and not _grantable(b, slot):
         b.refuse(waiter, "queue_full", f"Too many requests are waiting for '{name}'.", 1.0)
 
 
@@ -353,7 +357,7 @@ def _deadlines(b: _Builder) -> None:
 
 
 def _idle_expired(b: _Builder, slot: Slot) -> bool:
-    if slot.in_flight or b.world().queued(slot.entry.name):
+    if slot.in_flight or b.queued(slot.entry.name):
         return False
     if slot.removed:
         return b.now - slot.removed_at >= b.config.removed_grace_s
@@ -387,13 +391,11 @@ def _reprieve(b: _Builder) -> None:
         if slot.state is not State.DRAINING or slot.removed or slot.drain_for in (None, "removed", "close", "admin"):
             continue
         if slot.drain_for == "idle":
-            needed = not b.world().queued(name)
+            needed = not b.queued(name)
         else:
             beneficiary = b.slots.get(slot.drain_for or "")
             needed = (
-                beneficiary is not None
-                and beneficiary.state not in HOLDING
-                and bool(b.world().queued(beneficiary.entry.name))
+                beneficiary is not None and beneficiary.state not in HOLDING and bool(b.queued(beneficiary.entry.name))
             )
         if not needed:
             b.move(name, State.READY, drain_for=None)
@@ -554,7 +556,7 @@ def _placement(b: _Builder, slot: Slot) -> planner.Placement | planner.Refusal:
 
 def _as_loaded(b: _Builder, name: str, slot: Slot, overdue: bool) -> planner.Loaded:
     # Work queued for a loaded model keeps it (fewer swaps) until another request is overdue.
-    busy = 0 if overdue else slot.in_flight + b.world().queued(name)
+    busy = 0 if overdue else slot.in_flight + b.queued(name)
     return planner.Loaded(
         name=name,
         type=slot.entry.type,
