@@ -27,6 +27,7 @@ class FakeHandle:
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.exited = self._exit
         self.stopped = False
+        self.grace_s: float | None = None  # of the stop
         self.stop_gate: asyncio.Event | None = None  # set by a test to hold a stop midway
 
     def reason(self) -> str:
@@ -36,6 +37,7 @@ class FakeHandle:
         if self.stop_gate is not None:
             await self.stop_gate.wait()
         self.stopped = True
+        self.grace_s = grace_s
         if not self._exit.done():
             self._exit.set_result(0)
         return await asyncio.shield(self._exit)  # as the real handle: its exit future is the truth

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,18 @@ from llmi.settings import Settings
 from llmi_runtime.app import build_app
 from llmi_runtime.engines.base import LoadOptions
 from llmi_runtime.state import Phase, RuntimeState
+
+
+class WatchedEvent(asyncio.Event):
+    """An event that tells when someone starts waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = asyncio.Event()
+
+    async def wait(self) -> bool:
+        self.waited.set()
+        return await super().wait()
 
 
 @pytest.fixture
@@ -37,6 +50,19 @@ async def test_not_ready_while_loading(app_state) -> None:  # type: ignore[no-un
     health = (await client.get("/v1/health")).json()
     assert health["status"] == "loading"
     assert health["type"] == "embedding"
+
+
+async def test_a_waiting_readiness_probe_answers_when_loading_ends(app_state) -> None:  # type: ignore[no-untyped-def]
+    client, state = app_state
+    # Bounded: a load that does not end is answered "loading" when the wait is up.
+    assert (await client.get("/readyz", params={"wait": "0.01"})).json()["status"] == "loading"
+    state.settled = settled = WatchedEvent()
+    probe = asyncio.ensure_future(client.get("/readyz", params={"wait": "30"}))
+    await settled.waited.wait()  # the probe is parked on the load's end
+    await state.load()  # the folder is empty: loading fails, and the probe hears of it at once
+    answer = await probe
+    assert answer.status_code == 503
+    assert answer.json()["status"] == "failed"
 
 
 async def test_failed_load_is_reported(app_state) -> None:  # type: ignore[no-untyped-def]

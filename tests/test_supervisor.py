@@ -9,6 +9,7 @@ import pytest
 from llmi.catalog.scan import Catalog
 from llmi.errors import ModelNotFound, ModelTooLarge, NotReadyInTime, TooManyRequests, Unavailable
 from llmi_router.embedded import step as step_module
+from llmi_router.embedded.supervisor import STOP_GRACE_S
 from tests.supervisor_fakes import GIB, entry, make, state_is, states, use
 
 
@@ -22,6 +23,18 @@ async def test_lru_eviction_happens_before_the_next_load() -> None:
     assert not launcher.handles["b"].stopped
     assert sup.snapshot()["planned_bytes"] <= sup.budget.total_bytes
     assert states(sup) == {"a": "stopped", "b": "ready", "c": "ready"}
+
+
+async def test_a_victim_whose_room_is_awaited_is_killed_at_once_others_stop_gracefully() -> None:
+    sup, launcher, clock = await make(entry("a"), entry("b"), entry("c"))
+    for name in "abc":
+        clock.now += 1
+        await use(sup, name)
+    # "a" made room for "c": drained, nothing in flight, a request waiting on its room.
+    assert launcher.handles["a"].grace_s == 0
+    await sup.unload("b")  # an operator's unload is no hurry: a graceful exit
+    await sup.settled()
+    assert launcher.handles["b"].grace_s == STOP_GRACE_S
 
 
 async def test_a_model_still_stopping_is_not_followed_by_a_second_eviction() -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ import socket
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 from llmi_runtime.lifeline import die_with_parent
@@ -52,7 +54,17 @@ PRELOAD = (
     "llmi_runtime.engines.rerank",
     "llmi_runtime.engines.vision",
     "llmi_runtime.images",
+    # Imported lazily by the first load of any model: pay them here, once.
+    "transformers.generation.utils",
+    "transformers.masking_utils",
+    "transformers.modeling_layers",
+    # What uvicorn imports when a child configures its server (it runs without websockets).
+    "uvicorn.protocols.http.auto",
+    "uvicorn.lifespan.on",
+    "uvicorn.loops.asyncio",
 )
+# The per-architecture modules of transformers a load imports lazily (``model_modules``).
+MODEL_PARTS = ("configuration", "modeling", "tokenization", "image_processing", "processing")
 
 
 def send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -63,8 +75,46 @@ def preload() -> None:
     """Import everything a runtime needs, without running a single torch op."""
     for name in PRELOAD:
         importlib.import_module(name)
+    check_no_threads()
+
+
+def check_no_threads() -> None:
     if threading.active_count() != 1:
         raise RuntimeError(f"threads exist before forking: {[t.name for t in threading.enumerate()]}")
+
+
+def model_modules(folder: Path) -> list[str]:
+    """The transformers modules that loading ``folder`` would import lazily: its model type's
+    configuration, modeling, tokenizer and processor code (those that exist)."""
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(model_type, str) or not model_type.replace("-", "_").isidentifier():
+        return []
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+
+    module = model_type_to_module_name(model_type)
+    names = [f"transformers.models.{module}.{part}_{module}" for part in MODEL_PARTS]
+    return [name for name in names if _exists(name)]
+
+
+def _exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def warm_for(argv: list[str]) -> None:
+    """Import the modules the child's model needs, in this process, so that this child and every
+    later one for the same kind of model skips them. Best effort: a module that fails to import
+    is the child's to report, when it loads."""
+    if "--model" not in argv[:-1]:
+        return
+    for name in model_modules(Path(argv[argv.index("--model") + 1])):
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
 
 
 class ForkServer:
@@ -98,7 +148,7 @@ class ForkServer:
             return True
         try:
             pid = self._fork(message, fds[0])
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             send(self.sock, {"op": "error", "id": message["id"], "message": f"fork failed: {exc}"})
             return True
         finally:
@@ -117,6 +167,8 @@ class ForkServer:
         send(self.sock, {"op": "exited", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
 
     def _fork(self, message: dict[str, Any], out_fd: int) -> int:
+        warm_for(message["argv"])
+        check_no_threads()  # an import above must not have started one: refuse rather than fork unsafely
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()

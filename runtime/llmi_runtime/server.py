@@ -45,6 +45,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         # The plain asyncio loop: with uvloop, wake-ups from the model thread made streamed
         # generation 2x slower in bench/runtime_bench.py.
         loop="asyncio",
+        ws="none",  # nothing here speaks websockets; and importing them costs a switch 45 ms
         host=args.host,
         port=args.port,
         log_level=settings.log_level.lower(),

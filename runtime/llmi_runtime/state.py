@@ -51,6 +51,7 @@ class RuntimeState:
     error: str | None = None
     load_seconds: float | None = None
     started: float = field(default_factory=time.monotonic)
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # set once loading ends, either way
     created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
@@ -67,6 +68,12 @@ class RuntimeState:
 
     async def load(self) -> None:
         """Load on the worker thread, which then owns the model."""
+        try:
+            await self._load()
+        finally:
+            self.settled.set()
+
+    async def _load(self) -> None:
         log.info("loading %s (%s) from %s", self.name, self.model_type, self.path)
         t0 = time.monotonic()
 

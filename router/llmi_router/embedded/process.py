@@ -26,6 +26,7 @@ from llmi_router.embedded.launch import RuntimeSpec
 
 log = logging.getLogger("llmi.supervisor")
 EXIT_LOAD_FAILED = 3
+READY_WAIT_S = 10.0  # one long poll of the runtime's /readyz
 
 
 class StartFailed(Exception):
@@ -75,8 +76,12 @@ class RuntimeHandle:
         return self.tail[-1].strip()[-500:] if self.tail else "no output"
 
     async def stop(self, grace_s: float = 10.0) -> int:
-        """SIGTERM the process group, SIGKILL after the grace period, wait for the exit. Idempotent."""
-        if not self.exited.done():
+        """SIGTERM the process group, SIGKILL after the grace period (at once for none), wait for
+        the exit. Idempotent."""
+        if not self.exited.done() and grace_s <= 0:
+            _killpg(self.pid, signal.SIGKILL)
+            await asyncio.shield(self.exited)
+        elif not self.exited.done():
             _killpg(self.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(asyncio.shield(self.exited), grace_s)
@@ -141,23 +146,42 @@ async def spawn_process(name: str, cmd: list[str], port: int, env: dict[str, str
 async def wait_ready(
     handle: RuntimeHandle, deadline_s: float, client: httpx.AsyncClient, path: str = "/readyz"
 ) -> float:
-    """Poll ``path`` until 200; fail early when the process exits. Returns seconds taken."""
+    """Wait until ``path`` answers 200; fail early when the process exits. Returns seconds taken.
+
+    The runtime holds ``/readyz?wait=S`` until its load ends, so once it listens this learns of
+    readiness the moment it happens; a server that ignores ``wait`` (vLLM's ``/health``) is polled
+    with a growing delay."""
     t0 = time.monotonic()
-    delay = 0.02
+    delay = 0.01
     while True:
         if handle.exited.done():
             await asyncio.wait({handle.reader} if handle.reader else set(), timeout=2)
             code = handle.exited.result()
             what = "could not load the model" if code == EXIT_LOAD_FAILED else f"exited with code {code}"
             raise StartFailed(f"runtime {what}: {handle.reason()}")
-        with contextlib.suppress(httpx.TransportError):
-            if (await client.get(f"{handle.url}{path}", timeout=2)).status_code == 200:
-                return time.monotonic() - t0
-        if time.monotonic() - t0 > deadline_s:
+        left = deadline_s - (time.monotonic() - t0)
+        if left <= 0:
             raise StartFailed(f"runtime was not ready after {deadline_s:.0f}s")
-        # Wait for the process to exit or the next poll, whichever is first.
-        await asyncio.wait({handle.exited}, timeout=delay)
-        delay = min(delay * 1.5, 0.2)
+        wait = min(READY_WAIT_S, left)
+        asked = time.monotonic()
+        params = {"wait": f"{wait:.3f}"}
+        poll = asyncio.ensure_future(client.get(f"{handle.url}{path}", params=params, timeout=wait + 5))
+        try:
+            # The process exiting ends the wait too: a crash mid-load is not noticed a poll later.
+            await asyncio.wait({poll, handle.exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not poll.done():
+                poll.cancel()
+                await asyncio.wait({poll})
+        if poll.cancelled():
+            continue
+        with contextlib.suppress(httpx.TransportError):
+            if poll.result().status_code == 200:
+                return time.monotonic() - t0
+        if time.monotonic() - asked < wait / 2:
+            # Not listening yet, or a server that answered at once: wait for the exit or the next poll.
+            await asyncio.wait({handle.exited}, timeout=delay)
+            delay = min(delay * 1.5, 0.2)
 
 
 async def measure(url: str, client: httpx.AsyncClient) -> int | None:

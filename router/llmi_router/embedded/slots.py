@@ -267,6 +267,9 @@ class Spawn:
 class Stop:
     model: str
     attempt: int
+    # Drained, idle, and its room awaited by another model: kill it at once (it serves nothing,
+    # and a graceful exit would add its shutdown to the switch).
+    quick: bool = False
 
 
 @dataclass(frozen=True)

@@ -493,7 +493,8 @@ def _finish_drains(b: _Builder) -> None:
             b.note("parking", name)
         else:
             b.move(name, State.STOPPING)
-            b.effects.append(Stop(name, slot.attempt))
+            awaited = slot.drain_for not in (None, "idle", "removed", "close", "admin")
+            b.effects.append(Stop(name, slot.attempt, quick=awaited))
 
 
 def _may_park(b: _Builder, slot: Slot, host_used: int) -> bool:

@@ -360,8 +360,8 @@ class Supervisor:
                 task = self._background(self._start(effect), effect.model)
                 self._starting[effect.model] = task
                 return task
-            case s.Stop(model=model, attempt=attempt):
-                return self._background(self._stop(model, attempt), model)
+            case s.Stop(model=model, attempt=attempt, quick=quick):
+                return self._background(self._stop(model, attempt, 0.0 if quick else STOP_GRACE_S), model)
             case s.Park(model=model, attempt=attempt):
                 task = self._ops[model] = self._background(self._park(model, attempt), model)
                 return task
@@ -433,7 +433,7 @@ class Supervisor:
         code = await asyncio.shield(handle.exited)
         self.post(s.Exited(model, attempt, code, handle.reason()))
 
-    async def _stop(self, model: str, attempt: int) -> None:
+    async def _stop(self, model: str, attempt: int, grace_s: float = STOP_GRACE_S) -> None:
         for task in (self._starting.pop(model, None), self._ops.pop(model, None)):
             if task is not None and not task.done():
                 task.cancel()
@@ -445,7 +445,7 @@ class Supervisor:
         try:
             if known is not None and known[0] == attempt:
                 del self._handles[model]
-                await known[1].stop(STOP_GRACE_S)
+                await known[1].stop(grace_s)
         except Exception:
             log.exception("stopping %s", model)
         finally:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import asyncio
+import contextlib
+
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -11,6 +14,7 @@ from llmi_runtime.api.deps import state_of
 from llmi_runtime.state import Phase
 
 router = APIRouter()
+MAX_READY_WAIT_S = 30.0
 
 
 @router.get("/v1/models")
@@ -45,9 +49,14 @@ async def healthz() -> JSONResponse:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
-    """Readiness: 200 only once the model is loaded."""
+async def readyz(request: Request, wait: float = Query(0.0, ge=0.0)) -> JSONResponse:
+    """Readiness: 200 only once the model is loaded. With ``wait`` (seconds, at most 30) a loading
+    runtime answers when loading ends or the time is up, so a launcher learns of it at once
+    instead of polling."""
     state = state_of(request)
+    if wait and state.phase is Phase.LOADING:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.settled.wait(), min(wait, MAX_READY_WAIT_S))
     body = {"status": state.phase.value, "model": state.name}
     if state.error:
         body["error"] = state.error
