@@ -176,13 +176,19 @@ def model_rows(args: argparse.Namespace, settings: Settings) -> tuple[list[dict[
     """
     from llmi.catalog import measured
     from llmi.catalog.scan import scan
-    from llmi.hardware import hf_cache_dir, machine_budget
+    from llmi.hardware import forks_runtimes, hf_cache_dir, machine_budget
     from llmi.planner import Placement, placement
 
     settings, budget = machine_budget(settings, args.gpu_memory_gb)
     hf_cache = hf_cache_dir(args.hf_cache)
     models_dir = args.models_dir or settings.models_dir
-    catalog = scan(models_dir, hf_cache=hf_cache, max_model_len=settings.vllm_max_model_len, device=budget.device)
+    catalog = scan(
+        models_dir,
+        hf_cache=hf_cache,
+        max_model_len=settings.vllm_max_model_len,
+        device=budget.device,
+        forked=forks_runtimes(settings),
+    )
     store = measured.load(measured.store_path(settings))
     rows: list[dict[str, Any]] = []
     for entry in catalog.entries:

@@ -65,6 +65,12 @@ def _cgroup_limit() -> int | None:
     return int(value) if value.isdigit() else None
 
 
+def forks_runtimes(settings: Settings) -> bool:
+    """Whether `llmi serve` forks runtimes from a pre-imported fork server (warm runtimes on, and
+    Linux's pidfds to reap them), which changes what each runtime costs in memory."""
+    return settings.warm_runtimes and hasattr(os, "pidfd_open")
+
+
 def hf_cache_dir(arg: str | None) -> Path | None:
     """The Hugging Face cache folder named on the command line; "" means the hub's default."""
     if arg is None:

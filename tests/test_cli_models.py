@@ -13,8 +13,9 @@ import pytest
 
 from llmi import cli
 from llmi.catalog import measured
-from llmi.catalog.estimate import PROCESS_BASELINE_BYTES
-from llmi.hardware import gpu_memory_bytes, host_memory_bytes
+from llmi.catalog.estimate import FORKED_BASELINE_BYTES, PROCESS_BASELINE_BYTES
+from llmi.hardware import forks_runtimes, gpu_memory_bytes, host_memory_bytes
+from llmi.settings import Settings
 from tests.fake_models import small_chat_model
 from tests.servers import free_port, runtime_env
 
@@ -82,7 +83,8 @@ def test_json_lists_models_and_problems_with_exactly_the_documented_keys(models:
     assert small["problems"] == []
     assert small["path"] == str(models / "small-chat")
     # Nothing measured yet: the planner counts the estimate, which includes the process baseline.
-    assert small["memory_bytes"] == small["memory_estimated_bytes"] > PROCESS_BASELINE_BYTES["cpu"]
+    baseline = FORKED_BASELINE_BYTES if forks_runtimes(Settings()) else PROCESS_BASELINE_BYTES["cpu"]
+    assert small["memory_bytes"] == small["memory_estimated_bytes"] > baseline
     assert small["memory_measured_bytes"] is None
     assert by_name["no-config"] == {
         "name": "no-config",

@@ -17,6 +17,7 @@ from llmi.catalog.estimate import (
     ACTIVATION_FRACTION,
     BNB_4BIT_BYTES_PER_PARAM,
     DEVICE_KINDS,
+    FORKED_BASELINE_BYTES,
     PROCESS_BASELINE_BYTES,
     RUNTIME_OVERHEAD_BYTES,
     estimate,
@@ -276,3 +277,18 @@ def test_every_tiny_model_scans_with_its_type(tiny_models: dict[str, Path]) -> N
         assert entries[name].memory_bytes == est.total_bytes
         assert (est.kv_cache_bytes > 0) == (expected[name] is ModelType.CHAT)
         assert est.weights_bytes == sum(safetensors_bytes(tiny_models[name])[1].values())
+
+
+def test_a_forked_runtime_counts_the_shared_baseline_and_no_library_overhead(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", [256, 256])})
+    cold = estimate(folder, ModelType.EMBEDDING, 4096, "cpu")
+    forked = estimate(folder, ModelType.EMBEDDING, 4096, "cpu", forked=True)
+    assert cold.baseline_bytes == PROCESS_BASELINE_BYTES["cpu"]
+    assert forked.baseline_bytes == FORKED_BASELINE_BYTES < cold.baseline_bytes
+    assert forked.weights_bytes == cold.weights_bytes
+    assert cold.overhead_bytes - forked.overhead_bytes == RUNTIME_OVERHEAD_BYTES["cpu"][ModelType.EMBEDDING]
+    # On a GPU the budget counts each process's CUDA context, forked or not.
+    on_gpu = estimate(folder, ModelType.EMBEDDING, 4096, "cuda")
+    assert estimate(folder, ModelType.EMBEDDING, 4096, "cuda", forked=True) == on_gpu

@@ -12,11 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llmi.catalog.scan import scan
+from llmi.settings import Settings
+from llmi_router.embedded.forkclient import pss_bytes
 from llmi_router.embedded.launch import RuntimeSpec
 from llmi_router.embedded.process import RuntimeHandle, StartFailed
 from llmi_router.embedded.warm import WarmLauncher
 from tests.serve_process import model_folder, start_serve
 from tests.servers import runtime_env, wait_gone
+from tests.tiny_models import TINY_TYPES
 
 pytestmark = pytest.mark.slow
 # The launcher's socket reader runs on the loop the fixture started it on: the session's.
@@ -183,3 +187,26 @@ def test_sigkill_of_serve_leaves_no_process_behind(tiny_models: dict[str, Path],
     for pid in [*runtimes, *forkservers]:
         assert wait_gone(pid), f"process {pid} outlived llmi serve"
     assert server.runtime_pids() == []
+
+
+@aio
+@pytest.mark.parametrize("name", sorted(TINY_TYPES))
+async def test_a_forked_runtimes_estimate_is_near_its_pss(
+    launcher: WarmLauncher, tiny_models: dict[str, Path], name: str
+) -> None:
+    """Issue 8, acceptance 4, for runtimes as `llmi serve` starts them: forked from the fork server."""
+    handle = await start(launcher, tiny_models, name, TINY_TYPES[name])
+    try:
+        await launcher.wait_ready(handle, 120)
+        measured = await launcher.measure(handle)
+        pss = pss_bytes(handle.pid)
+        catalog = scan(tiny_models[name].parent, max_model_len=Settings().vllm_max_model_len, device="cpu", forked=True)
+        entry = catalog.get(name)
+        assert entry is not None
+        assert measured is not None
+        figures = {"pss": pss, "measured": measured, "estimate": entry.memory_bytes}
+        print(name, {k: f"{v / 2**20:.0f} MiB" for k, v in figures.items()})
+        assert abs(measured - pss) <= 0.10 * pss
+        assert abs(entry.memory_bytes - pss) <= 0.25 * pss
+    finally:
+        await handle.stop()

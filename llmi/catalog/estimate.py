@@ -19,8 +19,13 @@ GPU memory) and is ``baseline + weights + overhead + kv_cache``:
   side by side read 299-305 MiB). The constant, 345 MiB, is about the geometric mean of the lone
   figure (398) and that floor (292), so the estimate is within 25% of either (-13%, +18%). A
   pre-imported launcher whose children share its anonymous pages too lowers the PSS further:
-  re-calibrate then (``tests/test_memory_truth.py`` compares every type). GPU: the CUDA
-  context, not yet calibrated on a GPU (300-600 MiB for torch 2.x with lazy module loading).
+  a runtime forked from the warm launcher's fork server (``forked=True``) read 207-212 MiB for
+  every tiny type on 2026-12-01 (`bench/switch_bench.py --memory-only`), sentence-transformers
+  included, since the fork server imported it: ``FORKED_BASELINE_BYTES`` (205 MiB), with no
+  per-type library overhead; the fork server's own memory is counted once, apart
+  (``Launcher.reserved_bytes``). ``tests/test_memory_truth.py`` and
+  ``tests/test_warm_launcher.py`` compare every type. GPU: the CUDA context, not yet calibrated
+  on a GPU (300-600 MiB for torch 2.x with lazy module loading).
 - ``weights``: tensor bytes from the headers (only the shards a ``*.safetensors.index.json``
   names, so a stray ``consolidated.safetensors`` is not counted twice). On CPU, 16-bit floating
   tensors count at float32: the CPU runtime loads float32 (``LoadOptions.torch_dtype``), so a
@@ -95,6 +100,8 @@ PROCESS_BASELINE_BYTES: dict[DeviceKind, int] = {
     "cpu": 345 * MIB,  # `llmi runtime` with a tiny model: PSS 392-399 MiB alone, 292 of it private
     "cuda": 512 * MIB,  # the CUDA context; not yet calibrated on a GPU
 }
+# A runtime forked from the fork server, which imported the libraries: PSS 207-212 MiB (tiny models).
+FORKED_BASELINE_BYTES = 205 * MIB
 RUNTIME_OVERHEAD_BYTES: dict[DeviceKind, dict[ModelType, int]] = {
     "cpu": {
         ModelType.CHAT: 0,
@@ -311,16 +318,21 @@ def kv_cache_bytes(config: dict[str, Any], max_model_len: int) -> int | None:
     return 2 * layers * kv_heads * head_dim * length * kv_bytes_per_element(config)
 
 
-def estimate(folder: Path, model_type: ModelType, max_model_len: int, device: DeviceKind = "cuda") -> Estimate:
-    """The memory ``folder`` needs once loaded as ``model_type`` on ``device``; raises NotAModel when unreadable."""
+def estimate(
+    folder: Path, model_type: ModelType, max_model_len: int, device: DeviceKind = "cuda", *, forked: bool = False
+) -> Estimate:
+    """The memory ``folder`` needs once loaded as ``model_type`` on ``device``, by a runtime
+    forked from a pre-imported launcher when ``forked``; raises NotAModel when unreadable."""
     config_path = folder / "config.json"
     config = read_json(config_path) if config_path.is_file() else {}
     _, per_dtype = safetensors_bytes(folder)
     weights = loaded_weight_bytes(per_dtype, config, device)
-    overhead = RUNTIME_OVERHEAD_BYTES[device][model_type] + math.ceil(weights * ACTIVATION_FRACTION)
+    # A forked runtime shares the libraries' pages with its launcher: no per-type library overhead.
+    libraries = 0 if forked and device == "cpu" else RUNTIME_OVERHEAD_BYTES[device][model_type]
+    overhead = libraries + math.ceil(weights * ACTIVATION_FRACTION)
     kv = 0
     if model_type is ModelType.CHAT:
         exact = kv_cache_bytes(config, max_model_len)
         kv = exact if exact is not None else math.ceil(weights * KV_FALLBACK_FRACTION)
-    baseline = PROCESS_BASELINE_BYTES[device]
+    baseline = FORKED_BASELINE_BYTES if forked and device == "cpu" else PROCESS_BASELINE_BYTES[device]
     return Estimate(weights, overhead, kv, baseline + weights + overhead + kv, baseline, device)

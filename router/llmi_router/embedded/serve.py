@@ -23,7 +23,13 @@ log = logging.getLogger("llmi.serve")
 
 
 def _scan(models_dir: Path, hf_cache: Path | None, settings: Settings, budget: Budget) -> Catalog:
-    return scan(models_dir, hf_cache=hf_cache, max_model_len=settings.vllm_max_model_len, device=budget.device)
+    return scan(
+        models_dir,
+        hf_cache=hf_cache,
+        max_model_len=settings.vllm_max_model_len,
+        device=budget.device,
+        forked=hardware.forks_runtimes(settings),
+    )
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -56,7 +62,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     metrics = RouterMetrics()
     command = vllm_command(settings) if budget.gpu else None
     gpu_total = int(args.gpu_memory_gb * 2**30) if args.gpu_memory_gb else hardware.gpu_memory_bytes()
-    launcher = default_launcher(settings.warm_runtimes)
+    launcher = default_launcher(hardware.forks_runtimes(settings))
     supervisor = Supervisor(
         settings,
         budget,

@@ -175,7 +175,7 @@ async def _fork(server: ForkServerClient, name: str, port: int, argv: list[str],
 
 
 def default_launcher(warm: bool) -> Launcher:
-    """The warm launcher where it can work (Linux, setting on), else the cold one."""
+    """The warm launcher where asked and it can work (``hardware.forks_runtimes``), else the cold one."""
     if warm and hasattr(os, "pidfd_open"):
         return WarmLauncher()
     return ProcessLauncher()
