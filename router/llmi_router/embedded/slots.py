@@ -72,6 +72,7 @@ class Slot:
     measured: int | None = None  # what the runtime reported (or remembered)
     measured_placement: str | None = None  # the placement it was measured in (None: remembered, any)
     in_flight: int = 0
+    answered: int = 0  # requests this runtime finished; its first answer is measured again
     last_used: float = 0.0
     since: float = 0.0  # when the current state began
     failures: int = 0  # failed loads in a row; a good load resets it

@@ -134,7 +134,11 @@ def _apply(b: _Builder, event: Event) -> None:
         case Release(model=name):
             if name in b.slots:
                 slot = b.slots[name]
-                b.set(name, in_flight=max(0, slot.in_flight - 1), last_used=b.now)
+                b.set(name, in_flight=max(0, slot.in_flight - 1), last_used=b.now, answered=slot.answered + 1)
+                if slot.answered == 0 and slot.state is State.READY:
+                    # Measured again after its first answer: serving touches pages loading did not
+                    # (lazily mapped weights, the tokenizer's and the allocator's first buffers).
+                    b.effects.append(Measure(name, slot.attempt))
         case Started():
             _started(b, event)
         case StartFailed():
@@ -209,7 +213,16 @@ def _started(b: _Builder, event: Started) -> None:
     slot = b.slots.get(event.model)
     if slot is None or slot.attempt != event.attempt or slot.state is not State.STARTING:
         return
-    b.move(event.model, State.READY, url=event.url, last_used=b.now, failures=0, error=None, last_load_s=event.seconds)
+    b.move(
+        event.model,
+        State.READY,
+        url=event.url,
+        last_used=b.now,
+        failures=0,
+        error=None,
+        last_load_s=event.seconds,
+        answered=0,
+    )
     b.effects.append(Measure(event.model, event.attempt))
     b.note("ready", event.model, slot.placement or "", event.seconds)
 
