@@ -134,7 +134,8 @@ def openai_error(content: bytes, status: int) -> bytes:
         return content
     if not isinstance(body, dict):
         return content
-    error = body.get("error") if isinstance(body.get("error"), dict) else body
+    inner = body.get("error")
+    error: dict[str, Any] = inner if isinstance(inner, dict) else body
     if "message" not in error:
         return content
     code = error.get("code")

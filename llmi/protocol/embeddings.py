@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import Field, StringConstraints
 
@@ -29,8 +29,9 @@ class EmbeddingRequest(Request):
         if isinstance(self.input, str):
             return [self.input]
         if self.input and isinstance(self.input[0], int):
-            return [list(self.input)]  # type: ignore[arg-type]
-        return list(self.input)  # type: ignore[arg-type]
+            # Validation chose one member of the union: a list is all ints, all strings or all lists.
+            return [cast("list[int]", list(self.input))]
+        return cast("list[str] | list[list[int]]", list(self.input))
 
 
 class Embedding(ResponseBase):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -190,7 +190,7 @@ def build_router_app(
     control: ControlPlane,
     settings: Settings,
     metrics: RouterMetrics,
-    background: Callable[[], Awaitable[None]] | None = None,
+    background: Callable[[], Coroutine[Any, Any, None]] | None = None,  # create_task wants a coroutine
     startup: Callable[[], Awaitable[None]] | None = None,
     empty_hint: str = EMPTY_HINT,
 ) -> FastAPI:

@@ -57,7 +57,10 @@ def render(cards: list[ModelCard], health: dict[str, Any], empty_hint: str, lock
         cards, health = [], {}
     total, planned = int(health.get("budget_bytes") or 0), int(health.get("planned_bytes") or 0)
     measured = sum(c.memory_measured_bytes or 0 for c in cards if c.state in ("ready", "unloading"))
-    width = (lambda n: f"{min(100.0, 100 * n / total):.1f}%") if total else (lambda n: "0%")
+
+    def width(n: int) -> str:
+        return f"{min(100.0, 100 * n / total):.1f}%" if total else "0%"
+
     rows = "".join(_row(c) for c in cards)
     head = "".join(
         f"<th>{h}</th>"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
@@ -147,8 +148,9 @@ class Proxy:
     ) -> int:
         sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
         pump = asyncio.ensure_future(self._pump(model, upstream, sse, started, send))
+        either: set[asyncio.Future[Any]] = {pump, gone}
         try:
-            await asyncio.wait({pump, gone}, return_when="FIRST_COMPLETED")
+            await asyncio.wait(either, return_when="FIRST_COMPLETED")
         finally:
             lease.release()  # first, and synchronous
             if not pump.done():

@@ -148,12 +148,16 @@ class ForkServerClient:
             self.ready.set_result(pid)
         elif op == "started" and isinstance(pid, int):
             self._exits[pid] = asyncio.get_running_loop().create_future()
-            _resolve(self._starts.pop(message.get("id"), None), lambda f: f.set_result(pid))  # type: ignore[arg-type]
+            _resolve(self._take_start(message.get("id")), lambda f: f.set_result(pid))
         elif op == "error":
             error = ForkServerGone(str(message.get("message")))
-            _resolve(self._starts.pop(message.get("id"), None), lambda f: f.set_exception(error))  # type: ignore[arg-type]
+            _resolve(self._take_start(message.get("id")), lambda f: f.set_exception(error))
         elif op == "exited" and isinstance(pid, int) and isinstance(code := message.get("code"), int):
             _resolve(self._exits.pop(pid, None), lambda f: f.set_result(code))
+
+    def _take_start(self, request_id: object) -> asyncio.Future[int] | None:
+        """The waiting start a server message answers (its ``id``), no longer waiting."""
+        return self._starts.pop(request_id, None) if isinstance(request_id, int) else None
 
     async def _settle(self) -> None:
         """The server is gone: its children die with it (PDEATHSIG); make sure, and say so."""

@@ -31,8 +31,12 @@ class RuntimeSpec:
 class Handle(Protocol):
     """A started runtime: where it listens, a task that ends when it exits, and a way to stop it."""
 
-    url: str
-    exited: asyncio.Future[int] | None
+    # Read-only, so that a property (the cold handle's url) or a narrower future implements them.
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def exited(self) -> asyncio.Future[int] | None: ...
 
     def reason(self) -> str: ...
 

@@ -132,8 +132,7 @@ def _apply(b: _Builder, event: Event) -> None:
         case Cancel(waiter=wid):
             b.waiters = [w for w in b.waiters if w.id != wid]
         case Release(model=name):
-            if name in b.slots:
-                slot = b.slots[name]
+            if (slot := b.slots.get(name)) is not None:
                 b.set(name, in_flight=max(0, slot.in_flight - 1), last_used=b.now, answered=slot.answered + 1)
                 if slot.answered == 0 and slot.state is State.READY:
                     # Measured again after its first answer: serving touches pages loading did not

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -131,7 +132,7 @@ class Supervisor:
         if slot is None:
             return None
         where = planner.placement(slot.entry.memory_bytes, self.budget, slot.entry.placement)
-        engine = self._engine(slot.entry, slot.placement or getattr(where, "kind", "cpu"))
+        engine = self._engine(slot.entry, slot.placement or _kind(where))
         return engine if engine in ("vllm", "transformers") else None
 
     def model_type(self, model: str) -> str | None:
@@ -170,7 +171,7 @@ class Supervisor:
             if slot.removed:
                 continue
             where = planner.placement(slot.entry.memory_bytes, self.budget, slot.entry.placement)
-            engine = self._engine(slot.entry, slot.placement or getattr(where, "kind", "cpu"))
+            engine = self._engine(slot.entry, slot.placement or _kind(where))
             cards.append(
                 ModelCard(
                     id=name,
@@ -351,7 +352,7 @@ class Supervisor:
                 if future is None or future.done():
                     self.post(s.Release(model))  # the caller left in the meantime
                 else:
-                    future.set_result(OnceLease(url, lambda m=model: self.post(s.Release(m))))
+                    future.set_result(OnceLease(url, functools.partial(self.post, s.Release(model))))
             case s.Refuse(waiter=wid):
                 future = self._futures.pop(wid, None)
                 if future is not None and not future.done():
@@ -566,6 +567,11 @@ class Supervisor:
         if self.settings.cuda_visible_devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.settings.cuda_visible_devices
         return env
+
+
+def _kind(where: planner.Placement | planner.Refusal) -> str:
+    """Where the planner would put a model; one it refuses is named as on CPU."""
+    return where.kind if isinstance(where, planner.Placement) else "cpu"
 
 
 def _refusal(refuse: s.Refuse) -> LlmiError:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
@@ -71,8 +72,12 @@ class KubeClient:
         if resource is LOCALMODELS:
             body = await self._custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
         else:
-            raw = await self._discovery.list_namespaced_endpoint_slice(
-                self.namespace, label_selector=SLICE_SELECTOR, _preload_content=False
+            # _preload_content=False answers the raw response; the library's stub says the model.
+            raw = cast(
+                aiohttp.ClientResponse,
+                await self._discovery.list_namespaced_endpoint_slice(
+                    self.namespace, label_selector=SLICE_SELECTOR, _preload_content=False
+                ),
             )
             body = json.loads(await raw.read())
         return list(body.get("items") or []), (body.get("metadata") or {}).get("resourceVersion") or None
@@ -83,6 +88,8 @@ class KubeClient:
         options: dict[str, Any] = {"timeout_seconds": WATCH_TIMEOUT_S, "allow_watch_bookmarks": True}
         if resource_version:
             options["resource_version"] = resource_version
+        func: Callable[..., Awaitable[Any]]
+        args: tuple[str, ...]
         if resource is LOCALMODELS:
             func, args = self._custom.list_namespaced_custom_object, (GROUP, VERSION, self.namespace, PLURAL)
         else:
@@ -96,14 +103,14 @@ class KubeClient:
         """A JSON merge patch of one LocalModel's metadata or spec."""
         answer = await self._custom.patch_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, name, dict(body), _content_type=MERGE_PATCH
-        )
+        )  # type: ignore[call-arg]  # the stub omits _content_type, which the method accepts
         return dict(answer)
 
     async def scale(self, name: str, replicas: int) -> dict[str, Any]:
         """A merge patch of the scale subresource (what ``kubectl scale`` does)."""
         answer = await self._custom.patch_namespaced_custom_object_scale(
             GROUP, VERSION, self.namespace, PLURAL, name, {"spec": {"replicas": replicas}}, _content_type=MERGE_PATCH
-        )
+        )  # type: ignore[call-arg]  # the stub omits _content_type, which the method accepts
         return dict(answer)
 
     async def close(self) -> None:
@@ -118,11 +125,12 @@ async def connect(
     credentials: ``kubectl proxy``, tests), else the pod's service account, else the kubeconfig;
     ``namespace`` wins over both."""
     cfg = client.Configuration()
+    found: str | None
     if server:
         cfg.host = server.rstrip("/")
         return cfg, namespace or "default"
     try:
-        config.load_incluster_config(
+        config.load_incluster_config(  # type: ignore[no-untyped-call]  # the library leaves it unannotated
             client_configuration=cfg,
             token_filename=str(service_account / "token"),
             cert_filename=str(service_account / "ca.crt"),
