@@ -39,7 +39,7 @@ class Resource:
     rbac: str
 
 
-LOCALMODELS = Resource("LocalModels", "get/list/watch/patch on localmodels and patch on localmodels/scale")
+LOCALMODELS = Resource("LocalModels", "list/watch/patch on localmodels and patch on localmodels/scale")
 SLICES = Resource("EndpointSlices", "list/watch on endpointslices (discovery.k8s.io)")
 
 
