@@ -18,6 +18,7 @@ when missing; skipped, with the reason, where the package registry cannot be rea
 
 from __future__ import annotations
 
+import base64
 import difflib
 import os
 import re
@@ -32,6 +33,9 @@ from typing import Any
 import pytest
 import yaml
 
+from llmi.auth import ALWAYS_OPEN, load_keys
+from llmi.localmodel import PORT, PORT_NAME
+from llmi_operator.children import child_labels
 from tests.test_manifests import (
     CRD_PATH,
     K8S_VERSIONS,
@@ -486,6 +490,127 @@ def test_network_policies(render: Callable[..., list[dict[str, Any]]]) -> None:
     assert cidrs == ["10.0.0.1/32", "172.18.0.0/16"]
 
 
+def test_network_policy_admits_only_the_router_to_runtime_pods(render: Callable[..., list[dict[str, Any]]]) -> None:
+    """The runtime policy selects the pods the operator creates and admits, on their port, only this
+    release's router pods: no other peer kind (namespaces, IP blocks), no rule without a peer."""
+    docs = render("--set", "networkPolicy.enabled=true")
+    router_pods = find(docs, "Deployment", "llmi-router")["spec"]["template"]["metadata"]["labels"]
+    other_pods = [
+        find(docs, "Deployment", "llmi-operator")["spec"]["template"]["metadata"]["labels"],
+        child_labels("m"),  # another runtime pod
+        {**router_pods, "app.kubernetes.io/instance": "other-release"},
+        {},  # an unlabelled pod
+    ]
+    runtime = find(docs, "NetworkPolicy", "llmi-runtime")["spec"]
+    assert runtime["podSelector"]["matchLabels"].items() <= child_labels("m").items()
+    assert "Ingress" in runtime["policyTypes"]
+    assert len(runtime["ingress"]) == 1
+    (rule,) = runtime["ingress"]
+    assert rule["ports"] == [{"port": PORT_NAME, "protocol": "TCP"}]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}, "a namespaceSelector or ipBlock would admit more than the router"
+    assert set(peer["podSelector"]) == {"matchLabels"}
+    admitted = peer["podSelector"]["matchLabels"]
+    assert admitted.items() <= router_pods.items()
+    for labels in other_pods:
+        assert not admitted.items() <= labels.items(), labels
+    # The router may reach them on the port the operator gives the runtime container.
+    router = find(docs, "NetworkPolicy", "llmi-router")["spec"]
+    assert any(
+        {"port": PORT, "protocol": "TCP"} in r["ports"]
+        and any(p.get("podSelector", {}).get("matchLabels", {}).items() <= child_labels("m").items() for p in r["to"])
+        for r in router["egress"]
+        if "to" in r
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# API keys (docs/security.md)
+
+KEYS_FILE = "/etc/llmi/api-keys/keys"
+
+
+def router_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(find(docs, "Deployment", "llmi-router")["spec"]["template"])
+
+
+def key_volume(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Secret volume behind LLM_API_KEYS_FILE, checked to be mounted read-only where it points."""
+    pod = router_pod(docs)["spec"]
+    main = container(docs, "llmi-router")
+    path = env_of(docs, "llmi-router")["LLM_API_KEYS_FILE"]
+    folder, _, name = path.rpartition("/")
+    (mount,) = [m for m in main["volumeMounts"] if m["mountPath"] == folder]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    (item,) = volume["secret"]["items"]
+    assert item["path"] == name
+    return dict(volume["secret"])
+
+
+def test_api_keys_are_off_by_default(render: Callable[..., list[dict[str, Any]]]) -> None:
+    docs = render()
+    assert "Secret" not in kinds(docs)
+    env = env_of(docs, "llmi-router")
+    assert not {"LLM_API_KEYS", "LLM_API_KEYS_FILE", "LLM_METRICS_OPEN"} & set(env)
+    assert not [v for v in router_pod(docs)["spec"]["volumes"] if "secret" in v]
+    assert "annotations" not in router_pod(docs)["metadata"]
+
+
+def test_api_keys_in_a_secret_the_chart_creates(render: Callable[..., list[dict[str, Any]]], tmp_path: Path) -> None:
+    docs = render("-f", values_file("api-keys"))
+    keys = yaml.safe_load(values_file("api-keys").read_text(encoding="utf-8"))["auth"]["apiKeys"]
+    secret = find(docs, "Secret", "llmi-router-api-keys")
+    assert secret["metadata"]["namespace"] == NAMESPACE
+    assert secret["type"] == "Opaque"
+    volume = key_volume(docs)
+    assert volume["secretName"] == secret["metadata"]["name"]
+    (item,) = volume["items"]
+    # The router reads the mounted file the way it reads any key file.
+    key_file = tmp_path / "keys"
+    key_file.write_bytes(base64.b64decode(secret["data"][item["key"]]))
+    assert load_keys(None, key_file) == frozenset(keys)
+    env = env_of(docs, "llmi-router")
+    assert env["LLM_API_KEYS_FILE"] == KEYS_FILE
+    assert env["LLM_METRICS_OPEN"] == "false"
+    assert "LLM_API_KEYS" not in env, "keys stay out of the pod spec"
+    # New keys roll the router, which reads them at start; the pod shows a digest, not a key.
+    annotations = router_pod(docs)["metadata"]["annotations"]
+    rendered = yaml.safe_dump(router_pod(docs))
+    assert not [k for k in keys if k in rendered]
+    other = render("--set", "auth.apiKeys={llmi-ci-key-0000000000000000}")
+    assert router_pod(other)["metadata"]["annotations"]["checksum/api-keys"] != annotations["checksum/api-keys"]
+    assert env_of(other, "llmi-router")["LLM_METRICS_OPEN"] == "true"  # the default: Prometheus scrapes
+
+
+def test_api_keys_from_an_existing_secret(render: Callable[..., list[dict[str, Any]]]) -> None:
+    docs = render("--set", "auth.existingSecret.name=team-keys", "--set", "auth.existingSecret.key=tokens")
+    assert "Secret" not in kinds(docs), "the chart creates none: the Secret is the user's"
+    volume = key_volume(docs)
+    assert volume["secretName"] == "team-keys"
+    assert volume["items"][0]["key"] == "tokens"
+    assert env_of(docs, "llmi-router")["LLM_API_KEYS_FILE"] == KEYS_FILE
+    default_key = render("--set", "auth.existingSecret.name=team-keys")
+    assert key_volume(default_key)["items"][0]["key"] == "api-keys"
+
+
+@pytest.mark.parametrize("values", [("-f", values_file("api-keys")), ("--set", "auth.existingSecret.name=team-keys")])
+def test_probes_stay_open_with_api_keys_on(
+    render: Callable[..., list[dict[str, Any]]], values: tuple[str | Path, ...]
+) -> None:
+    main = container(render(*values), "llmi-router")
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert main[probe]["httpGet"]["path"] in ALWAYS_OPEN, f"{probe} would get 401"
+
+
+def test_api_keys_one_way_only(helm: Helm) -> None:
+    done = helm.run(
+        "template", RELEASE, CHART, "-f", values_file("api-keys"), "--set", "auth.existingSecret.name=team-keys"
+    )
+    assert done.returncode != 0
+    assert "auth: set apiKeys or existingSecret.name, not both" in done.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # manifests/ is the chart, rendered
 
@@ -554,6 +679,10 @@ BAD_VALUES = {
     "log-level": ("logLevel=LOUD", "at '/logLevel'"),
     "service-port": ("router.service.port=70000", "at '/router/service/port'"),
     "security-context-typo": ("securityContext.runAsNonroot=true", "at '/securityContext'"),
+    "api-key-too-short": ("auth.apiKeys={sk-short}", "at '/auth/apiKeys/0'"),
+    "api-key-with-space": ("auth.apiKeys={llmi key 0123456789abcdef}", "at '/auth/apiKeys/0'"),
+    "api-key-a-comment": ("auth.apiKeys={#llmi-0123456789abcdef}", "at '/auth/apiKeys/0'"),
+    "api-keys-typo": ("auth.apikeys={llmi-0123456789abcdef}", "at '/auth'"),
 }
 
 

@@ -132,3 +132,27 @@ app.kubernetes.io/component: {{ .component }}
 - name: PYTHONDONTWRITEBYTECODE
   value: "1"
 {{- end }}
+
+{{/* API keys -------------------------------------------------------------------------------- */}}
+
+{{/* The Secret holding the router's API key file: existingSecret.name, the chart's own when apiKeys
+are set, else "" (keys off). */}}
+{{- define "llmi.auth.secretName" -}}
+{{- if and .Values.auth.apiKeys .Values.auth.existingSecret.name }}
+{{- fail "auth: set apiKeys or existingSecret.name, not both" }}
+{{- else if .Values.auth.existingSecret.name }}
+{{- .Values.auth.existingSecret.name }}
+{{- else if .Values.auth.apiKeys }}
+{{- printf "%s-api-keys" (include "llmi.router.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* The key within that Secret that holds the key file. */}}
+{{- define "llmi.auth.secretKey" -}}
+{{- ternary .Values.auth.existingSecret.key "api-keys" (ne .Values.auth.existingSecret.name "") }}
+{{- end }}
+
+{{/* The key file's body in the chart's own Secret: one key per line. */}}
+{{- define "llmi.auth.keyFile" -}}
+{{- join "\n" .Values.auth.apiKeys }}
+{{- end }}
