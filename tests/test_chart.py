@@ -663,6 +663,19 @@ def test_helm_install_dry_run_client(helm: Helm) -> None:
     assert "kubectl port-forward -n llmi svc/llmi-router 15530:15530" in notes
     assert "http://localhost:15530/v1" in notes
     assert "kubectl get lm -n llmi" in notes
+    assert "Authorization: Bearer" not in notes
+
+
+def test_notes_with_api_keys_warn_while_runtimes_are_open(helm: Helm) -> None:
+    def notes(*args: str | Path) -> str:
+        out = helm.ok("install", "--dry-run=client", RELEASE, CHART, "--namespace", NAMESPACE, *args)
+        return out[out.index("NOTES:") :]
+
+    open_runtimes = notes("-f", values_file("api-keys"))
+    assert 'curl -H "Authorization: Bearer $LLMI_API_KEY"' in open_runtimes
+    assert "llmi-router-api-keys" in open_runtimes
+    assert "WARNING: networkPolicy.enabled is false" in open_runtimes
+    assert "WARNING" not in notes("-f", values_file("api-keys"), "--set", "networkPolicy.enabled=true")
 
 
 # --------------------------------------------------------------------------------------------
