@@ -65,7 +65,7 @@ class Applier:
 
     def ensure(
         self, collection: str, desired: dict[str, Any], observed: Mapping[str, Any] | None = None
-    ) -> dict[str, Any] | None:
+    ) -> Mapping[str, Any] | None:
         """Get (unless the pass just read it as ``observed``: only passes of this model, which hold its
         lock, write its children), create or patch one child by its deterministic name; nothing is
         written when it matches."""

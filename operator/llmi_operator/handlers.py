@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -48,7 +48,7 @@ def notify(obj: Mapping[str, Any], type: str, reason: str, message: str) -> None
     """Post a Kubernetes Event on a LocalModel through kopf's poster (outside a handler: log only)."""
     body = {**obj, "apiVersion": API_VERSION, "kind": KIND}
     try:
-        kopf.event(body, type=type, reason=reason, message=message[:1000])
+        kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=type, reason=reason, message=message[:1000])
     except LookupError:  # no kopf context (e.g. the discovery task): the log has to do
         log.info("%s %s/%s: %s", reason, body["metadata"].get("namespace"), body["metadata"].get("name"), message)
 
@@ -98,8 +98,15 @@ async def discovery_loop(
         )
 
 
-def _reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:
-    result = memo.reconciler.reconcile(namespace, name)
+def _namespaced(namespace: str | None) -> str:
+    """LocalModels are namespaced; kopf types a handler's namespace as optional for cluster-scoped kinds."""
+    if namespace is None:
+        raise kopf.PermanentError("a LocalModel without a namespace")
+    return namespace
+
+
+def _reconcile(memo: kopf.Memo, namespace: str | None, name: str) -> None:
+    result = memo.reconciler.reconcile(_namespaced(namespace), name)
     if result.invalid is not None:
         raise kopf.PermanentError(result.invalid)
     if result.retry_after is not None:
@@ -134,20 +141,20 @@ def register(
                 await task
 
     @kopf.on.create(*RESOURCE, id="create", registry=registry)
-    def on_create(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    def on_create(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
         _reconcile(memo, namespace, name)
 
     @kopf.on.update(*RESOURCE, id="update", field="spec", registry=registry)
-    def on_update(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    def on_update(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
         _reconcile(memo, namespace, name)
 
     @kopf.on.resume(*RESOURCE, id="resume", registry=registry)
-    def on_resume(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    def on_resume(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
         _reconcile(memo, namespace, name)
 
     @kopf.on.delete(*RESOURCE, id="delete", registry=registry)
-    def on_delete(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-        memo.reconciler.delete_children(namespace, name)
+    def on_delete(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+        memo.reconciler.delete_children(_namespaced(namespace), name)
 
     @kopf.timer(
         *RESOURCE,
@@ -157,11 +164,11 @@ def register(
         backoff=config.retry_delay_s,
         registry=registry,
     )
-    def tick(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-        memo.reconciler.tick(namespace, name)
+    def tick(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+        memo.reconciler.tick(_namespaced(namespace), name)
 
     @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: OPERATOR_APP}, registry=registry)
-    def child_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    def child_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
         owners = body.metadata.get("ownerReferences") or []
         owner = next((o.get("name") for o in owners if o.get("kind") == KIND), None)
         if owner and namespace and "reconciler" in memo:

@@ -54,9 +54,9 @@ def api_path(
 def load_api_client() -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig (``KUBECONFIG``)."""
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]  # the library leaves it unannotated
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config()  # type: ignore[no-untyped-call]
     return client.ApiClient(client.Configuration.get_default_copy())
 
 
@@ -82,7 +82,7 @@ class RestKube:
             auth_settings=["BearerToken"],
         )
         response = self.api.call_api(*request, _request_timeout=self.timeout_s)
-        data = response.read()
+        data: bytes = response.read()  # type: ignore[no-untyped-call]  # RESTResponse.read is unannotated
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=data.decode(errors="replace"), data=None)
         return json.loads(data) if data else {}

@@ -87,7 +87,7 @@ def _choice(spec: Mapping[str, Any], key: str, choices: tuple[str, ...], default
 def parse_spec(spec: Mapping[str, Any]) -> ModelSpec:
     """The validated spec; raises InvalidSpec naming the first bad field."""
     try:
-        model_type = ModelType(spec.get("type"))
+        model_type = ModelType(str(spec.get("type")))
     except ValueError:
         raise InvalidSpec(f"type {spec.get('type')!r} is not one of {', '.join(t.value for t in ModelType)}") from None
     engine = cast(Engine, _choice(spec, "engine", ENGINES, "auto"))

@@ -153,7 +153,7 @@ def last_used(body: Mapping[str, Any]) -> float:
 
 def _model_type(spec: Mapping[str, Any]) -> ModelType:
     try:
-        return ModelType(spec.get("type"))
+        return ModelType(str(spec.get("type")))
     except ValueError:
         return ModelType.CHAT
 
@@ -193,7 +193,7 @@ def occupants(
         annotations = _meta(body).get("annotations") or {}
         draining = drain_of(annotations)
         evictable = wanted and status.get("phase") in ("Ready", "Failed") and draining is None
-        common = {
+        common: dict[str, Any] = {
             "type": _model_type(raw),
             "last_used": last_used(body),
             "pinned": bool(spec and spec.pinned),

@@ -27,6 +27,7 @@ from llmi.localmodel import (
     encode_drain,
     reports_of,
 )
+from llmi.planner import Wait
 from llmi_operator import budget as b
 from llmi_operator.children import ChildConfig, Placed, desired_deployment, desired_service, endpoint
 from llmi_operator.localmodel import ModelRef, ModelSpec
@@ -122,7 +123,7 @@ def drain_patch(resource_version: str, drain: Drain) -> dict[str, Any]:
 
 def _default_placed(spec: ModelSpec, memory: int | None) -> Placed:
     kind = spec.placement if spec.placement in ("cpu", "offload") else "gpu"
-    return Placed(None, kind, 0, memory or 0)  # type: ignore[arg-type]
+    return Placed(None, kind, 0, memory or 0)
 
 
 def plan_pass(
@@ -264,7 +265,7 @@ def _decided(
             deployment(None, 0),
             own_patch,
         )
-    if isinstance(decision, b.Wait):
+    if isinstance(decision, Wait):
         # Room made for us (victims stopped, their pods still going) stays reserved meanwhile.
         reserved = status.get("node") if isinstance(status.get("memory"), int) else None
         waiting = Outcome(
