@@ -19,6 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -168,7 +169,8 @@ async def wait_ready(
         poll = asyncio.ensure_future(client.get(f"{handle.url}{path}", params=params, timeout=wait + 5))
         try:
             # The process exiting ends the wait too: a crash mid-load is not noticed a poll later.
-            await asyncio.wait({poll, handle.exited}, return_when=asyncio.FIRST_COMPLETED)
+            either: set[asyncio.Future[Any]] = {poll, handle.exited}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not poll.done():
                 poll.cancel()
