@@ -1,0 +1,242 @@
+"""From the benchmarks' raw figures to the published table: one row per figure with llmi's value,
+the baseline's, their ratio and the target, then markdown and a chart of every ratio against its
+target. Pure functions over the JSON the benchmarks print, so a table can be rebuilt from a
+results file alone (``python -m bench report bench/results.json``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Row:
+    section: str
+    figure: str
+    llmi: float | None
+    baseline: float | None
+    baseline_name: str
+    unit: str
+    value: float | None  # what the target is about: a ratio, or a difference
+    target: float
+    sense: Literal["min", "max", "abs"]  # value >= target, value <= target, |value| <= target
+    target_text: str
+
+    @property
+    def met(self) -> bool | None:
+        if self.value is None or math.isnan(self.value):
+            return None
+        if self.sense == "min":
+            return self.value >= self.target
+        if self.sense == "max":
+            return self.value <= self.target
+        return abs(self.value) <= self.target
+
+    @property
+    def score(self) -> float | None:
+        """How far inside the target (> 1) or outside it (< 1); the chart's scale."""
+        v = self.value
+        if v is None or math.isnan(v):
+            return None
+        if self.sense == "min":
+            raw = v / self.target if self.target else math.inf
+        elif self.sense == "max":
+            raw = self.target / v if v > 0 else math.inf
+        else:
+            raw = self.target / abs(v) if v else math.inf
+        return min(max(raw, 0.05), 20.0)
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "met": self.met}
+
+
+def _get(data: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def router_rows(raw: dict[str, Any]) -> list[Row]:
+    figures = _get(raw, "figures") or {}
+    router, litellm = figures.get("router") or {}, figures.get("litellm") or {}
+    c = _get(raw, "config", "concurrency") or 16
+    rows: list[Row] = []
+    for label in [k for k in router if k.endswith("C=1 p50")]:
+        f = router[label]
+        rows.append(Row("router", f"{label}: added latency", f["router"], f["direct"], "direct", "ms",
+                        f["added_ms"], 0.5, "max", "<= +0.5 ms"))  # fmt: skip
+    for label in [k for k in router if k.endswith(f"C={c}")]:
+        f = router[label]
+        rows.append(Row("router", f"{label} req/s", f["router"], f["direct"], "direct", "req/s",
+                        f["ratio"], 0.95, "min", ">= 0.95x direct"))  # fmt: skip
+        peer = litellm.get(label)
+        if peer is not None:
+            rows.append(Row("router", f"{label} req/s vs LiteLLM", f["router"], peer["litellm"], "LiteLLM proxy",
+                            "req/s", _ratio(f["router"], peer["litellm"]), 20.0, "min", ">= 20x LiteLLM"))  # fmt: skip
+    cpu = router.get("proxy CPU per request")
+    if cpu is not None:
+        peer_cpu = _get(litellm, "proxy CPU per request", "litellm")
+        rows.append(Row("router", "router CPU per request", cpu["router"], peer_cpu, "LiteLLM proxy", "ms",
+                        cpu["router"], 0.4, "max", "<= 0.4 ms"))  # fmt: skip
+    return rows
+
+
+def engine_rows(raw: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    chat, embed = raw.get("chat") or {}, raw.get("embeddings") or {}
+    if chat:
+        f, r, ts = chat.get("floor") or {}, chat.get("llmi") or {}, chat.get("transformers serve") or {}
+        one, four = r.get("1 stream tok/s"), r.get("4 streams tok/s")
+        gen1, gen4 = f.get("generate 1 stream tok/s"), f.get("generate batched x4 tok/s")
+        rows.append(Row("chat", "1 stream tok/s", one, gen1, "generate", "tok/s", _ratio(one, gen1), 0.95, "min",
+                        ">= 0.95x generate"))  # fmt: skip
+        rows.append(Row("chat", "4 streams tok/s", four, gen4, "batched generate", "tok/s", _ratio(four, gen4), 1.0,
+                        "min", ">= 1.0x batched generate"))  # fmt: skip
+        if ts:
+            peer = ts.get("4 streams tok/s")
+            rows.append(Row("chat", "4 streams tok/s vs transformers serve", four, peer,
+                            "transformers serve --continuous-batching", "tok/s", _ratio(four, peer), 1.1, "min",
+                            ">= 1.1x transformers serve"))  # fmt: skip
+        ttft, floor = r.get("ttft ms"), f.get("ttft floor ms")
+        added = ttft - floor if ttft is not None and floor is not None else None
+        rows.append(Row("chat", "time to first token", ttft, floor, "generate of 1 token", "ms", added, 10.0, "max",
+                        "<= floor + 10 ms"))  # fmt: skip
+    if embed:
+        f, r, inf = embed.get("floor") or {}, embed.get("llmi") or {}, embed.get("infinity") or {}
+        c4, c16 = r.get("32 texts x c4 req/s"), r.get("1 text x c16 texts/s")
+        enc = f.get("encode 32 texts req/s")
+        rows.append(Row("embeddings", "32 texts x concurrency 4 (req/s)", c4, enc, "encode", "req/s",
+                        _ratio(c4, enc), 1.0, "min", ">= 1.0x encode"))  # fmt: skip
+        if inf:
+            for label, mine, key in (("32 texts x concurrency 4 (req/s)", c4, "32 texts x c4 req/s"),
+                                     ("1 text x concurrency 16 (texts/s)", c16, "1 text x c16 texts/s")):  # fmt: skip
+                peer = inf.get(key)
+                rows.append(Row("embeddings", f"{label} vs Infinity", mine, peer, "Infinity", label.split("(")[-1][:-1],
+                                _ratio(mine, peer), 1.05, "min", ">= 1.05x Infinity"))  # fmt: skip
+    return rows
+
+
+def switch_rows(raw: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for pair in (raw.get("switch") or {}).values():
+        for model, r in pair.items():
+            s, floor, cold = r.get("llmi_switch_s"), r.get("floor_s"), r.get("bare_cold_s")
+            rows.append(Row("switch", f"switch to {model} vs bare cold start", s, cold, "bare cold start", "s",
+                            _ratio(s, cold), 0.2, "max", "<= 0.2x bare"))  # fmt: skip
+            target = 1.25 * floor + 0.1 if floor is not None else math.nan
+            rows.append(Row("switch", f"switch to {model} vs in-process floor", s, floor, "in-process load floor", "s",
+                            _ratio(s, target), 1.0, "max", "<= 1.25x floor + 100 ms"))  # fmt: skip
+    storm = raw.get("storm") or {}
+    mine, before = storm.get("llmi") or {}, storm.get("before") or {}
+    if mine:
+        rows.append(Row("storm", f"storm loads ({storm.get('models')} models)", mine.get("loads"), before.get("loads"),
+                        "before the supervisor rewrite", "loads", storm.get("loads_ratio"), 0.5, "max",
+                        "<= 0.5x before"))  # fmt: skip
+        rows.append(Row("storm", "storm p50 latency", mine.get("p50_s"), before.get("p50_s"),
+                        "before the supervisor rewrite", "s", storm.get("p50_ratio"), 1 / 3, "max",
+                        "<= 1/3 of before"))  # fmt: skip
+        bad = len(mine.get("bad") or [])
+        rows.append(Row("storm", "storm requests lost or malformed", bad, None, "-", "requests", bad, 0, "max", "0"))
+    for model, m in (raw.get("memory") or {}).items():
+        if not isinstance(m, dict):
+            continue
+        rows.append(Row("memory", f"{model}: measured vs PSS", m.get("measured_mib"), m.get("pss_mib"), "PSS", "MiB",
+                        m.get("measured_vs_pss"), 0.10, "abs", "within 10%"))  # fmt: skip
+        rows.append(Row("memory", f"{model}: estimate vs PSS", m.get("estimate_mib"), m.get("pss_mib"), "PSS", "MiB",
+                        m.get("estimate_vs_pss"), 0.25, "abs", "within 25%"))  # fmt: skip
+    return rows
+
+
+def all_rows(results: dict[str, Any]) -> list[Row]:
+    benches = results.get("benches") or {}
+    return [
+        *router_rows(_get(benches, "router", "result") or {}),
+        *engine_rows(_get(benches, "engines", "result") or {}),
+        *switch_rows(_get(benches, "switch", "result") or {}),
+    ]
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, int) or abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:.3g}" if abs(v) < 1 else f"{v:.2f}"
+
+
+def markdown(results: dict[str, Any], rows: list[Row], chart: str | None) -> str:
+    c = results.get("conditions") or {}
+    lines = [
+        "# llmi benchmarks",
+        "",
+        f"`python -m bench all{' --quick' if results.get('quick') else ''}`, {c.get('date', '')}. "
+        "Each benchmark runs llmi and its baselines side by side in one run (A and B alternating where "
+        "the benchmark does so); ratios are llmi / baseline. Raw figures: `results.json`.",
+        "",
+        "| section | figure | llmi | baseline | baseline value | unit | ratio or difference | target | met |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        met = {True: "yes", False: "**no**", None: "n/a"}[r.met]
+        lines.append(
+            f"| {r.section} | {r.figure} | {_fmt(r.llmi)} | {r.baseline_name} | {_fmt(r.baseline)} | {r.unit} | "
+            f"{_fmt(r.value)} | {r.target_text} | {met} |"
+        )
+    met = sum(1 for r in rows if r.met)
+    lines += ["", f"{met} of {len(rows)} targets met."]
+    if chart:
+        lines += ["", f"![each figure against its target]({chart})"]
+    lines += ["", "## Conditions", ""]
+    for key in ("machine", "cpu", "cpus", "uptime_before", "uptime_after", "python", "torch", "transformers",
+                "llmi_commit"):  # fmt: skip
+        if c.get(key) is not None:
+            lines.append(f"- {key}: {c[key]}")
+    for name, v in (results.get("peers") or {}).items():
+        lines.append(f"- peer {name}: {v}")
+    models = results.get("models") or {}
+    lines.append(f"- models: {', '.join(models.get('real') or []) or 'none real'} (real, from PyPI packages); "
+                 "tiny random-weight models from `tests/tiny_models.py` elsewhere")  # fmt: skip
+    for name, why in {**(models.get("missing") or {}), **(results.get("peers_missing") or {})}.items():
+        lines.append(f"- missing: {name} ({why})")
+    for name, b in (results.get("benches") or {}).items():
+        state = "ok" if b.get("rc") == 0 else f"FAILED (exit {b.get('rc')}): {b.get('error', '')[-300:]}"
+        lines.append(f"- bench {name}: {b.get('seconds', 0):.0f} s, {state}; `{b.get('command', '')}`")
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[Row], path: Path) -> bool:
+    """A horizontal bar per figure: how far inside (right of 1) or outside its target it is."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    shown = [r for r in rows if r.score is not None]
+    if not shown:
+        return False
+    height = max(3.0, 0.32 * len(shown) + 1.2)
+    fig, ax = plt.subplots(figsize=(10, height))
+    labels = [f"{r.section}: {r.figure}"[:70] for r in shown]
+    scores = [r.score for r in shown]
+    colors = ["#2e7d32" if r.met else "#c62828" for r in shown]
+    ax.barh(range(len(shown)), scores, color=colors)
+    ax.set_yticks(range(len(shown)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xlabel("target / figure, oriented so that right of 1 meets the target (log scale, capped at 0.05 and 20)")
+    ax.set_title("llmi against its targets (green: met, red: missed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
