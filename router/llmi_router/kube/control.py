@@ -193,8 +193,11 @@ class KubeControlPlane:
                 if remaining <= 0:
                     raise NotReadyInTime(model, deadline_s)
                 m.changed.clear()
+                # Not wait_for: on 3.11 it drops a cancellation (a client leaving) that lands in
+                # the step the model changed, and the request would go on without its client.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(m.changed.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await m.changed.wait()
         finally:
             m.waiting -= 1
             self.metrics.queue.labels(model).dec()
