@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from llmi.errors import Unavailable
-from llmi.localmodel import ANNOTATION_DRAIN, Drain, LocalModelView, encode_drain
+from llmi.localmodel import ANNOTATION_DRAIN, ANNOTATION_LAST_REQUEST, Drain, LocalModelView, encode_drain, reports_of
 from llmi.settings import Settings
 from llmi_router.kube.events import event_kind, shown_phase
 from llmi_router.kube.publish import Timing
@@ -64,6 +64,10 @@ async def reading_events(url: str) -> AsyncIterator[list[dict[str, Any]]]:
             await task
 
 
+def annotations(obj: dict[str, Any]) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("annotations") or {}
+
+
 def kinds(events: list[dict[str, Any]], model: str) -> list[str]:
     return [e["kind"] for e in events if e.get("model") == model]
 
@@ -88,7 +92,10 @@ async def test_admin_load_pin_and_unload_act_on_the_localmodel_and_arrive_as_eve
         assert loaded.json()["state"] == "ready"
         assert lm(kube_env, "a")["spec"]["replicas"] == 1
         assert phase(kube_env, "a") == "Ready"
-        assert router.control.models["a"].in_flight == 0  # the load held nothing
+        # The load held nothing (no in-flight report was ever written) and counts as a use, so
+        # the idle timer starts from it.
+        assert not [w for w in e.writes if w.resource == LM and w.name == "a" and reports_of(annotations(w.object))]
+        await eventually(lambda: ANNOTATION_LAST_REQUEST in annotations(lm(kube_env, "a")), "the last request time")
 
         pinned = await http.post("/v1/admin/models/a/pin", json={"pinned": True})
         assert pinned.status_code == 200, pinned.text

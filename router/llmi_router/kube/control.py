@@ -221,7 +221,9 @@ class KubeControlPlane:
     # -- admin operations (llmi_router.operations.Operable) -------------------------------
 
     async def load(self, model: str, deadline_s: float) -> ModelCard:
-        """Scale up and wait for Ready, as a request would (the same shared scale-up), holding nothing."""
+        """Scale up and wait for Ready as a request would (the same shared scale-up), holding nothing
+        after. Its release stamps the last request time, so the idle timer counts from the load,
+        not from a request long ago (the operator reads that annotation first)."""
         (await self.acquire(model, deadline_s)).release()
         return _card(self._model(model), self._model(model).view)
 
