@@ -107,20 +107,42 @@ async def test_abandoned_plain_chat_frees_the_model(runtime: RuntimeProcess, tin
         await answered_at_once(client, runtime.url, tiny_models)
 
 
+async def decoded_rows(client: httpx.AsyncClient, url: str) -> float:
+    """Sequence-steps the chat batcher has decoded so far (one per running sequence per forward)."""
+    text = (await client.get(f"{url}/metrics")).text
+    found = re.search(r'^llmi_runtime_batch_size_sum\{kind="chat"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def until_rows_above(client: httpx.AsyncClient, url: str, floor: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while await decoded_rows(client, url) <= floor:
+        assert loop.time() < deadline, "the batcher decoded nothing more"
+
+
 @aio
-@pytest.mark.skip(
-    reason="since continuous batching merged, the stream's load reads (0, 0) before the check: the test's "
-    "observation point no longer holds; to be reworked (see the closing note)"
-)
 async def test_abandoned_stream_frees_the_model(runtime: RuntimeProcess, tiny_models: dict[str, Path]) -> None:
-    async with httpx.AsyncClient(timeout=120) as client:
+    """Acceptance 2, streamed: a stream whose client leaves mid-generation leaves the batch.
+
+    Observed in order: a token chunk has arrived and the batcher goes on decoding (mid-generation);
+    the client closes the connection; the request leaves the runtime (in flight 0) and its worker
+    stream ends; a new two-token request is then decoded alone, one row in one forward: had the
+    abandoned sequence stayed in the batch it would have shared that forward (two rows)."""
+    async with httpx.AsyncClient(timeout=120) as client, httpx.AsyncClient(timeout=120) as leaver:
         request = body(tiny_models, max_tokens=LONG, stream=True)
-        async with client.stream("POST", f"{runtime.url}/v1/chat/completions", json=request) as r:
-            assert (await anext(r.aiter_lines())).startswith("data: ")
-            # The role chunk goes out before the generation reaches the model thread.
+        async with leaver.stream("POST", f"{runtime.url}/v1/chat/completions", json=request) as r:
+            lines = r.aiter_lines()  # held: dropping a half-read line iterator closes the connection
+            async for line in lines:
+                if line.startswith("data: ") and "content" in json.loads(line[6:])["choices"][0]["delta"]:
+                    break  # a generated token has arrived
             await until_load(client, runtime.url, (1, 1.0))
+            await until_rows_above(client, runtime.url, await decoded_rows(client, runtime.url))
+        # The response closed half-read: the connection is gone with the generation running.
         await until_load(client, runtime.url, (0, 0.0))
-        await answered_at_once(client, runtime.url, tiny_models)
+        before = await decoded_rows(client, runtime.url)
+        await answered_at_once(client, runtime.url, tiny_models)  # 2 tokens: a prefill, then one decode
+        assert await decoded_rows(client, runtime.url) - before == 1
 
 
 @aio

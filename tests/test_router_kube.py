@@ -208,6 +208,24 @@ async def test_a_refused_scale_up_is_503_with_the_reason_and_the_next_request_tr
 
 
 @aio
+async def test_a_waiting_request_whose_client_leaves_as_its_model_changes_stops_waiting() -> None:
+    """The cancellation (the client left) lands in the step the watch woke the waiter. On Python
+    3.11 ``asyncio.wait_for`` returned instead of raising there, and the request waited on."""
+    configuration, namespace = await connect("http://127.0.0.1:9", NAMESPACE)  # never called: no start()
+    control = KubeControlPlane(KubeClient(configuration, namespace), settings(), RouterMetrics())
+    loading = {"metadata": {"name": CHAT}, "spec": {"type": "chat", "replicas": 1}, "status": {"phase": "Loading"}}
+    control._apply_model("ADDED", loading)
+    waiting = asyncio.create_task(control.acquire(CHAT, 600))
+    await eventually(lambda: control.models[CHAT].waiting == 1, what="the request to wait")
+    control._apply_model("MODIFIED", loading)  # wakes the waiter: it would look again
+    waiting.cancel()
+    done, _ = await asyncio.wait({waiting}, timeout=30)  # a guard against a hang, not a measurement
+    assert waiting in done, "the request went on waiting after its client left"
+    assert waiting.cancelled()
+    assert control.models[CHAT].waiting == 0
+
+
+@aio
 async def test_unknown_model_is_404_and_a_full_queue_is_429() -> None:
     async with api_server() as c, router_in_process(c, settings(max_queue_per_model=1)) as router:
         await c.create(EMBED, "embedding")

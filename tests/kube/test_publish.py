@@ -54,3 +54,27 @@ async def test_a_restarted_router_clears_its_old_reports_at_once() -> None:
     await asyncio.wait_for(done.wait(), 10)
     await publisher.close(["a"])
     assert sent == [("a", {"metadata": {"annotations": {report_key("r1"): None}}})]
+
+
+async def test_close_ends_the_publisher_when_a_poke_lands_with_it() -> None:
+    """A request ending just before the router closes: the poke wakes the publisher in the step that
+    close() cancels it. On Python 3.11 ``asyncio.wait_for`` returned the event's result there instead
+    of raising, and the publisher went back to waiting for ever: the router's close() hung."""
+    reported = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async def send(model: str, body: dict[str, Any]) -> None:
+        sent.append(body)  # never suspends, so the publisher is parked again before the test resumes
+        reported.set()
+
+    busy = {"a": 1}
+    publisher = Publisher("r1", send, lambda m: Wanted(busy.get(m, 0)), Timing(0.0, 600.0, 600.0), clock=lambda: 1.0)
+    publisher.start({})
+    publisher.poke("a")
+    await reported.wait()  # reported; now waiting for a poke or the heartbeat due in 600 s
+    busy["a"] = 0
+    publisher.poke("a")
+    closing = asyncio.create_task(publisher.close(["a"]))
+    done, _ = await asyncio.wait({closing}, timeout=30)  # a guard against a hang, not a measurement
+    assert closing in done, "close() did not return"
+    assert sent[-1] == {"metadata": {"annotations": {report_key("r1"): None}}}

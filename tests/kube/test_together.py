@@ -196,11 +196,6 @@ async def test_two_router_replicas_both_hold_the_drain(kube_env: KubeEnv, tmp_pa
     replay_budget(e.writes, {"node-a": 8 * GIB})
 
 
-@pytest.mark.skip(
-    reason="hangs when run after the other tests of this module, passes alone "
-    "(pytest 'tests/kube/test_together.py::test_a_router_restart_mid_drain_releases_what_it_held'); "
-    "an operator left running by the previous test is suspected: to be fixed, see the closing note"
-)
 async def test_a_router_restart_mid_drain_releases_what_it_held(kube_env: KubeEnv, tmp_path: Path) -> None:
     """A router that goes away while it has requests on a draining model: its requests went with
     it, and its restart (same id) clears its report at once, so the drain completes without waiting

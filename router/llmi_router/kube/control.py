@@ -6,6 +6,10 @@ first request after a scale-up never meets a pod that cannot answer yet). A mode
 Ready is scaled up once (the scale subresource; every waiting request shares that patch) and
 waited for; a draining one is waited for like a cold one. In-flight counts and the last request
 time go to the operator through the Publisher.
+
+The admin operations act on the LocalModel, and the operator does the rest: load is a request's
+scale-up without the request, unload scales it to zero, pin sets ``spec.pinned`` (never evicted
+for another model, never idle-unloaded). Phase changes seen on the watch are the model events.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,7 +26,9 @@ from llmi.errors import ModelNotFound, NotReadyInTime, TooManyRequests, Unavaila
 from llmi.localmodel import PORT_NAME, PUBLIC_STATE, SERVICE_NAME_LABEL, LocalModelView, child_name
 from llmi.protocol.models import ModelCard
 from llmi.settings import Settings
+from llmi_router.events import EventHub, ModelEvent
 from llmi_router.kube.client import LOCALMODELS, SLICES, ApiException, KubeClient
+from llmi_router.kube.events import event_kind, shown_phase
 from llmi_router.kube.publish import Publisher, Timing, Wanted
 from llmi_router.kube.watch import WatchHealth, reason, watch_forever
 from llmi_router.metrics import RouterMetrics
@@ -91,7 +97,9 @@ class KubeControlPlane:
         self.slices: dict[str, tuple[str, tuple[str, ...]]] = {}  # slice name -> (service, ready urls)
         self.health_of = {LOCALMODELS.what: WatchHealth(), SLICES.what: WatchHealth()}
         self.publisher = Publisher(router_id, kube.patch, self._wanted, timing or Timing(), now)
+        self.events = EventHub()
         self._synced = asyncio.Event()
+        self._started = False  # the first lists are in: models seen from now on are news
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -120,6 +128,7 @@ class KubeControlPlane:
             await self.close()
             where = f"{self.kube.server}, namespace {self.kube.namespace}"
             raise RuntimeError(f"cannot list LocalModels at {where}: {problems}") from None
+        self._started = True
         previous = {
             name: r.in_flight for name, m in self.models.items() for r in m.view.reports if r.router == self.router_id
         }
@@ -193,8 +202,11 @@ class KubeControlPlane:
                 if remaining <= 0:
                     raise NotReadyInTime(model, deadline_s)
                 m.changed.clear()
+                # Not wait_for: on 3.11 it drops a cancellation (a client leaving) that lands in
+                # the step the model changed, and the request would go on without its client.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(m.changed.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await m.changed.wait()
         finally:
             m.waiting -= 1
             self.metrics.queue.labels(model).dec()
@@ -204,27 +216,45 @@ class KubeControlPlane:
         return m.view.type if m is not None and m.view.type else None
 
     def describe(self) -> list[ModelCard]:
-        cards = []
-        for name, m in sorted(self.models.items()):
-            view = m.view
-            phase = "Draining" if view.drain is not None and view.phase == "Ready" else view.phase
-            cards.append(
-                ModelCard(
-                    id=name,
-                    created=view.created,
-                    type=view.type,
-                    state=PUBLIC_STATE.get(phase, "available"),
-                    memory_bytes=view.memory_bytes,
-                    memory_estimated_bytes=view.memory_bytes,
-                    placement=view.placement,
-                    in_flight=m.in_flight,
-                    queued=m.waiting,
-                    last_used=m.last_request if m.last_request is not None else view.last_request,
-                    phase=phase or None,
-                    error=view.message if view.phase == "Failed" and view.message else None,
-                )
-            )
-        return cards
+        return [_card(m, m.view) for _, m in sorted(self.models.items())]
+
+    # -- admin operations (llmi_router.operations.Operable) -------------------------------
+
+    async def load(self, model: str, deadline_s: float) -> ModelCard:
+        """Scale up and wait for Ready as a request would (the same shared scale-up), holding nothing
+        after. Its release stamps the last request time, so the idle timer counts from the load,
+        not from a request long ago (the operator reads that annotation first)."""
+        (await self.acquire(model, deadline_s)).release()
+        return _card(self._model(model), self._model(model).view)
+
+    async def unload(self, model: str) -> ModelCard:
+        """Scale the LocalModel to zero; the operator drains what is in flight, then stops it."""
+        m = self._model(model)
+        log.info("scaling %s down to 0 replicas (unload)", model)
+        answer = await self._write(model, self.kube.scale(model, 0))
+        return _card(m, replace(m.view, replicas=int((answer.get("spec") or {}).get("replicas") or 0)))
+
+    async def pin(self, model: str, pinned: bool) -> ModelCard:
+        """Set ``spec.pinned``: a pinned model is never evicted for another, nor unloaded when idle."""
+        m = self._model(model)
+        answer = await self._write(model, self.kube.patch(model, {"spec": {"pinned": pinned}}))
+        return _card(m, LocalModelView.from_object(answer))  # the watch brings the same change to m.view
+
+    def _model(self, model: str) -> _Model:
+        m = self.models.get(model)
+        if m is None:
+            raise ModelNotFound(model)
+        return m
+
+    async def _write(self, model: str, call: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return await call
+        except ApiException as exc:
+            if exc.status == 404:
+                raise ModelNotFound(model) from None
+            raise Unavailable(
+                f"Model '{model}' could not be changed: {reason(exc, LOCALMODELS)}", retry_after=5, code="scale_failed"
+            ) from None
 
     def health(self) -> dict[str, Any]:
         return {
@@ -319,6 +349,7 @@ class KubeControlPlane:
             m = self.models.pop(name, None)
             if m is not None:
                 log.info("LocalModel %s was deleted", name)
+                self._publish("gone", m.view)
                 self._notify(m)
         elif name:
             self._update(LocalModelView.from_object(obj))
@@ -327,9 +358,9 @@ class KubeControlPlane:
         m = self.models.get(view.name)
         if m is None:
             m = self.models[view.name] = _Model(view)
-            old_phase = None
+            old_phase = shown = None
         else:
-            old_phase = m.view.phase
+            old_phase, shown = m.view.phase, shown_phase(m.view)
             if view.drain is not None and m.view.drain is None:
                 self.publisher.poke(view.name)  # tell the operator at once what is still in flight here
             m.view = view
@@ -349,7 +380,24 @@ class KubeControlPlane:
                 f"{old_phase or '-'} -> " if old_phase is not None else "",
                 view.phase or "no phase yet",
             )
+        kind = event_kind(shown, shown_phase(view))
+        if kind is not None and (self._started or shown is not None):  # the first list is the snapshot
+            self._publish(kind, view)
         self._notify(m)
+
+    def _publish(self, kind: str, view: LocalModelView) -> None:
+        phase = shown_phase(view)
+        self.events.publish(
+            ModelEvent(
+                kind=kind,
+                model=view.name,
+                time=self.now(),
+                state=PUBLIC_STATE.get(phase, "available"),
+                detail=(view.message or "") if kind in ("failed", "evicting", "stopped") else "",
+                memory_estimated_bytes=view.memory_bytes,
+                placement=view.placement,
+            )
+        )
 
     def _replace_slices(self, items: list[dict[str, Any]]) -> None:
         self.slices = {}
@@ -373,6 +421,25 @@ class KubeControlPlane:
     def _notify(self, m: _Model) -> None:
         """Wake every request waiting on the model; they look at it again."""
         m.changed.set()
+
+
+def _card(m: _Model, view: LocalModelView) -> ModelCard:
+    phase = shown_phase(view)
+    return ModelCard(
+        id=view.name,
+        created=view.created,
+        type=view.type,
+        state=PUBLIC_STATE.get(phase, "available"),
+        memory_bytes=view.memory_bytes,
+        memory_estimated_bytes=view.memory_bytes,
+        placement=view.placement,
+        pinned=view.pinned,
+        in_flight=m.in_flight,
+        queued=m.waiting,
+        last_used=m.last_request if m.last_request is not None else view.last_request,
+        phase=phase or None,
+        error=view.message if view.phase == "Failed" and view.message else None,
+    )
 
 
 def _with_replicas(view: LocalModelView, replicas: int) -> LocalModelView:

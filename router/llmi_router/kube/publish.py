@@ -126,8 +126,12 @@ class Publisher:
                     deadlines[model] = wake
             self._dirty.clear()
             timeout = max(0.0, min(deadlines.values()) - self.clock()) if deadlines else None
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the event's result
+            # instead of raising when close() cancels us in the step a poke woke the event, and
+            # this loop then waits forever (a router's close hung that way).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def _one(self, model: str, now: float) -> float | None:
         wanted, sent = self.wanted(model), self.sent.get(model, Sent())
