@@ -225,8 +225,8 @@ def chart(rows: list[Row], path: Path) -> bool:
     if not shown:
         return False
     height = max(3.0, 0.32 * len(shown) + 1.2)
-    fig, ax = plt.subplots(figsize=(10, height))
-    labels = [f"{r.section}: {r.figure}"[:70] for r in shown]
+    fig, ax = plt.subplots(figsize=(13, height))
+    labels = [f"{r.section}: {r.figure}"[:75] for r in shown]
     scores = [r.score for r in shown]
     colors = ["#2e7d32" if r.met else "#c62828" for r in shown]
     ax.barh(range(len(shown)), scores, color=colors)

@@ -319,9 +319,12 @@ def memory_part(work: Path, folders: dict[str, Path], args: argparse.Namespace, 
             for name in names:
                 before = next(c for c in client.get(f"{serve.url}/v1/models").json()["data"] if c["id"] == name)
                 request(client, serve.url, name, image)
-                for _ in range(100):  # the measurement lands just after the first answer
+                # Measured once loaded and again after the first answer: wait until the figure settles.
+                seen: list[int | None] = []
+                for _ in range(100):
                     card = next(c for c in client.get(f"{serve.url}/v1/models").json()["data"] if c["id"] == name)
-                    if card.get("memory_measured_bytes"):
+                    seen.append(card.get("memory_measured_bytes"))
+                    if seen[-1] and seen[-3:] == [seen[-1]] * 3:
                         break
                     time.sleep(0.1)
                 pids = serve.runtime_pids(name)
@@ -415,7 +418,7 @@ def switch_part(
                 "floor_s": median([in_process_floor(folders[name], kind) for _ in range(args.repeats)]),
             }
         sides: dict[str, Path | None] = {"llmi": None}
-        if before is not None:
+        if before is not None and not args.quick:  # quick: the floors are the baselines; the storm has "before"
             sides["before"] = before
         for side, code in sides.items():
             root = models_dir(work / f"switch-{side}-{len(out)}", {n: folders[n] for n in pair}, "1GiB")
