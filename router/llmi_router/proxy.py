@@ -63,17 +63,8 @@ class Proxy:
         anything was sent (the caller answers it), ClientGone when the client left."""
         if stream:
             return await self._forward_stream(model, path, body, receive, send)
-        lease, upstream = await unless_client_leaves(receive, self._open(model, path, body))
-        done = False
-        try:
-            content = await unless_client_leaves(receive, upstream.read())
-            done = True
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailed(f"The runtime of '{model}' failed mid-answer: {type(exc).__name__}.") from None
-        finally:
-            lease.release()  # first, and synchronous: nothing may skip it
-            if not done:
-                upstream.close()  # tells the runtime its client left
+        # One watcher for the whole exchange: a task per await was a tenth of the CPU per request.
+        upstream, content = await unless_client_leaves(receive, self._exchange(model, path, body))
         if upstream.status >= 400:
             content = openai_error(content, upstream.status)  # vLLM's own error bodies, in our envelope
         headers = _relayed(upstream)
@@ -81,6 +72,21 @@ class Proxy:
         await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
         return upstream.status
+
+    async def _exchange(self, model: str, path: str, body: bytes) -> tuple[aiohttp.ClientResponse, bytes]:
+        """Send the request and read the whole answer, holding the lease until it is read."""
+        lease, upstream = await self._open(model, path, body)
+        done = False
+        try:
+            content = await upstream.read()
+            done = True
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailed(f"The runtime of '{model}' failed mid-answer: {type(exc).__name__}.") from None
+        finally:
+            lease.release()  # first, and synchronous: nothing may skip it (a cancel included)
+            if not done:
+                upstream.close()  # tells the runtime its client left
+        return upstream, content
 
     async def _open(self, model: str, path: str, body: bytes) -> tuple[Lease, aiohttp.ClientResponse]:
         """Acquire a lease and send the request; the response once its headers have arrived."""

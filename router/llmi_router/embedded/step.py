@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import fields
 
 from llmi import planner
 from llmi_router.embedded.slots import (
@@ -73,6 +73,21 @@ from llmi_router.embedded.slots import (
 # -- the step ----------------------------------------------------------------------------------
 
 
+_SLOT_FIELDS = frozenset(f.name for f in fields(Slot))
+
+
+def _with(slot: Slot, changes: dict[str, object]) -> Slot:
+    """``dataclasses.replace`` for a Slot without running its generated ``__init__`` (a Slot
+    checks nothing there): ``replace`` was the largest part of a step, two steps a request."""
+    unknown = changes.keys() - _SLOT_FIELDS
+    if unknown:
+        raise TypeError(f"Slot has no field {sorted(unknown)}")
+    new = object.__new__(Slot)
+    new.__dict__.update(slot.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
 class _Builder:
     """Accumulates one step's changes; ``move`` is the only way a state changes."""
 
@@ -96,12 +111,12 @@ class _Builder:
         slot = self.slots[name]
         if new is not slot.state and new not in TRANSITIONS[slot.state]:
             raise AssertionError(f"{name}: illegal transition {slot.state} -> {new}")
-        slot = replace(slot, state=new, since=self.now if new is not slot.state else slot.since, **changes)  # type: ignore[arg-type]
+        slot = _with(slot, {"state": new, "since": self.now if new is not slot.state else slot.since, **changes})
         self.slots[name] = slot
         return slot
 
     def set(self, name: str, **changes: object) -> Slot:
-        slot = replace(self.slots[name], **changes)  # type: ignore[arg-type]
+        slot = _with(self.slots[name], changes)
         self.slots[name] = slot
         return slot
 
