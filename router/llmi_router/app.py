@@ -23,9 +23,10 @@ from starlette.routing import Route
 
 from llmi import __version__
 from llmi.auth import ApiKeyMiddleware, load_keys
-from llmi.caps import check_token_caps
 from llmi.errors import BadRequest, ClientGone, LlmiError, ModelNotFound
+from llmi.limits import check_limits
 from llmi.modeltypes import ENDPOINTS, RERANK_PATHS, ModelType
+from llmi.names import valid_name
 from llmi.openapi import add_operations
 from llmi.protocol.chat import ChatCompletionRequest, CompletionRequest
 from llmi.protocol.common import ErrorResponse
@@ -116,13 +117,15 @@ class Gateway:
         except ValidationError:
             fields = None
         model = fields.model if fields is not None else None
+        if model is not None and not valid_name(model):
+            raise ModelNotFound(model)  # path-like, overlong or odd characters: never looked up
         if fields is not None and model is None and path in RERANK_PATHS:
             model = self.sole_reranker()
         if fields is None or model is None or not self.passes_through(model):
-            # The strict check, and the token caps, before a load can start.
+            # The strict check, and the limits, before a load can start.
             parsed = parse_json(body, self.request_model(path, body))
             model = getattr(parsed, "model", None) or model or self.sole_reranker()
-            check_token_caps(parsed, self.settings)
+            check_limits(parsed, self.settings)
             fields = RouteFields(model=model, stream=bool(getattr(parsed, "stream", False)))
         assert model is not None
         self.check_endpoint(model, path)
@@ -155,7 +158,7 @@ class Gateway:
 
     def check_endpoint(self, model: str, path: str) -> None:
         """404 for an unknown model, 400 when its type does not serve ``path``."""
-        kind = self.control.model_type(model)
+        kind = self.control.model_type(model) if valid_name(model) else None
         if kind is None:
             raise ModelNotFound(model)
         if path not in ENDPOINTS[ModelType(kind)]:
@@ -234,6 +237,8 @@ def build_router_app(
         responses=_NOT_FOUND,
     )
     async def get_model(model: str) -> ModelCard:
+        if not valid_name(model):
+            raise ModelNotFound(model)
         for card in control.describe():
             if card.id == model:
                 return card
