@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -236,7 +236,10 @@ def build_router_app(
         tags=["models"],
         responses=_NOT_FOUND,
     )
-    async def get_model(model: str) -> ModelCard:
+    async def get_model(model: str, request: Request) -> ModelCard:
+        # Starlette's route pattern ends in "$", which also matches before a final newline and
+        # drops it from the parameter: read the name from the path itself.
+        model = request.scope["path"].removeprefix("/v1/models/")
         if not valid_name(model):
             raise ModelNotFound(model)
         for card in control.describe():
