@@ -43,12 +43,15 @@ def _answering() -> Starlette:
 
 
 @asynccontextmanager
-async def dropping(on_request: Any) -> AsyncIterator[str]:
-    """A runtime that reads a request, then dies without answering (``on_request`` first)."""
+async def dropping(on_request: Any, hold: bool = False) -> AsyncIterator[str]:
+    """A runtime that reads a request, then dies without answering (``on_request`` first), or
+    with ``hold`` keeps the connection open and never answers."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         on_request()
+        if hold:
+            await reader.read()  # until the client gives up and closes
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -82,7 +85,7 @@ class World:
 
 
 @asynccontextmanager
-async def world(**settings: Any) -> AsyncIterator[World]:
+async def world(queue_timeout_s: float = 0.5, request_timeout_s: float = 600, **settings: Any) -> AsyncIterator[World]:
     sup, launcher, clock = await make(
         entry("good"), entry("bad"), entry("hang"), entry("dies"), budget_gib=8, load_timeout_s=60, **settings
     )
@@ -95,7 +98,8 @@ async def world(**settings: Any) -> AsyncIterator[World]:
         return handle
 
     launcher.start = start_at_url  # type: ignore[method-assign]
-    router = build_router_app(sup, Settings(_env_file=None, queue_timeout_s=0.5), sup.metrics)  # type: ignore[call-arg]
+    config = Settings(_env_file=None, queue_timeout_s=queue_timeout_s, request_timeout_s=request_timeout_s)  # type: ignore[call-arg]
+    router = build_router_app(sup, config, sup.metrics)
     async with serving(_answering()) as answering, serving(router) as url:
         urls["answering"] = answering
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
@@ -175,4 +179,32 @@ async def test_a_runtime_that_hangs_at_load_never_blocks_others_and_fails_at_its
         assert w.launcher.handles["hang"].stopped
         check_envelope(await w.post("hang"), 503, "model_failed")
         assert w.launcher.started.count("hang") == 1  # no retry within the backoff
+        await w.healthy()
+
+
+@aio
+async def test_a_full_queue_is_429_with_retry_after_and_the_queue_recovers() -> None:
+    async with world(queue_timeout_s=60, max_queue_per_model=1) as w:
+        w.launcher.gates["hang"] = gate = asyncio.Event()
+        first = asyncio.create_task(w.post("hang"))
+        await state_is(w.sup, "hang", "starting")
+        r = await w.post("hang")  # one waits already: LLM_MAX_QUEUE_PER_MODEL=1
+        assert r.status_code == 429, r.text
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert (error["type"], error["code"]) == ("rate_limit_error", "queue_full")
+        assert int(r.headers["retry-after"]) >= 1
+        await w.healthy()  # other models are not held up by the full queue
+        gate.set()
+        assert (await first).status_code == 200  # the one that waited is served
+        assert (await w.post("hang")).status_code == 200
+
+
+@aio
+async def test_a_runtime_past_the_request_timeout_is_a_502_naming_the_limit() -> None:
+    async with world(request_timeout_s=0.3) as w, dropping(lambda: None, hold=True) as silent:
+        w.urls["dies"] = silent
+        error = check_envelope(await w.post("dies"), 502, "upstream_failed")
+        assert "LLM_REQUEST_TIMEOUT_S" in error["message"]
+        assert (await w.card("dies"))["in_flight"] == 0  # its lease was returned
         await w.healthy()
