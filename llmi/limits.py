@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from llmi.caps import check_token_caps
 from llmi.errors import BadRequest, LimitExceeded
@@ -39,6 +39,50 @@ def check_limits(request: BaseModel, settings: Settings) -> None:
     check = _CHECKS.get(type(request))
     if check is not None:
         check(request, settings)
+
+
+class PassThroughMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class PassThroughRequest(BaseModel):
+    """What the limits read from a chat or completion body that an engine with more features than
+    ours (vLLM: tools, logprobs, n) validates for itself: only those fields, leniently."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    messages: list[PassThroughMessage] | None = None
+    prompt: str | list[Any] | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    logit_bias: dict[str, Any] | None = None
+
+    def stop_list(self) -> list[str]:
+        return [] if self.stop is None else [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+def check_pass_through_limits(body: bytes, settings: Settings) -> None:
+    """The limits on a body the router forwards unparsed; one it cannot read is the engine's to refuse."""
+    try:
+        req = PassThroughRequest.model_validate_json(body)
+    except ValidationError:
+        return
+    check_token_caps(req, settings)
+    if req.messages is not None:
+        length("messages", "".join(m.text() for m in req.messages), settings.max_input_chars)
+    if isinstance(req.prompt, str):
+        length("prompt", req.prompt, settings.max_input_chars)
+    elif req.prompt:
+        prompts = req.prompt if isinstance(req.prompt[0], str | list) else [req.prompt]
+        count("prompt", prompts, settings.max_prompts, "LLM_MAX_PROMPTS", "prompts")
+        lengths("prompt", prompts, settings.max_input_chars)
+    _sampling(req, settings)
 
 
 def token_id(key: str) -> int:
@@ -92,7 +136,7 @@ def images(param: str, data: Sequence[str], settings: Settings, indexed: bool = 
             )
 
 
-def _sampling(req: SamplingFields, s: Settings) -> None:
+def _sampling(req: SamplingFields | PassThroughRequest, s: Settings) -> None:
     stops = req.stop_list()
     count("stop", stops, s.max_stop_strings, "LLM_MAX_STOP_STRINGS", "stop strings")
     for i, stop in enumerate(stops):

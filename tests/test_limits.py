@@ -311,3 +311,42 @@ def test_defaults_are_safe_and_set_from_the_environment(monkeypatch: pytest.Monk
     with pytest.raises(BadRequest, match="LLM_MAX_STOP_STRINGS"):
         check_limits(req, settings)
     check_limits(req, defaults)
+
+
+# -- vLLM's chat models: forwarded unparsed, yet limited ---------------------------------------------
+
+
+@dataclass
+class VllmControl(RecordingControl):
+    """The chat model is served by vLLM, which validates bodies itself (tools, logprobs, n)."""
+
+    def engine(self, model: str) -> str | None:
+        return "vllm" if model == CHAT else "transformers"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def vllm_router() -> AsyncIterator[Router]:
+    control = VllmControl()
+    app = build_router_app(control, Settings(_env_file=None, **LIMITS), RouterMetrics())  # type: ignore[call-arg]
+    async with (
+        serving(_answering_runtime()) as upstream,
+        serving(app) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as client,
+    ):
+        control.url = upstream
+        yield Router(url, control, client)
+
+
+CHAT_CASES = [c for c in CASES if c.body.get("model") == CHAT]
+
+
+@aio
+@pytest.mark.parametrize("case", CHAT_CASES, ids=[c.id for c in CHAT_CASES])
+async def test_a_vllm_model_is_limited_the_same_way_before_any_load(vllm_router: Router, case: Limit) -> None:
+    before = len(vllm_router.control.acquired)
+    check_refusal(await vllm_router.client.post(case.path, json=case.body), case)
+    assert len(vllm_router.control.acquired) == before
+    # What only vLLM honours still passes through to it.
+    ok = await vllm_router.client.post("/v1/chat/completions", json=_chat(n=2, logprobs=True, stop=["a", "b"]))
+    assert ok.status_code == 200, ok.text
+    assert vllm_router.control.acquired[before:] == [CHAT]

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from llmi import __version__
 from llmi.auth import ApiKeyMiddleware, load_keys
 from llmi.errors import BadRequest, ClientGone, LlmiError, ModelNotFound
-from llmi.limits import check_limits
+from llmi.limits import check_limits, check_pass_through_limits
 from llmi.modeltypes import ENDPOINTS, RERANK_PATHS, ModelType
 from llmi.names import valid_name
 from llmi.openapi import add_operations
@@ -127,6 +127,10 @@ class Gateway:
             model = getattr(parsed, "model", None) or model or self.sole_reranker()
             check_limits(parsed, self.settings)
             fields = RouteFields(model=model, stream=bool(getattr(parsed, "stream", False)))
+        elif self.vllm_serves(model):
+            # vLLM validates the rest for itself, but knows nothing of llmi's limits (and a load
+            # may come first): they are checked here, ready or not.
+            check_pass_through_limits(body, self.settings)
         assert model is not None
         self.check_endpoint(model, path)
         return model, fields.stream
@@ -134,8 +138,9 @@ class Gateway:
     def passes_through(self, model: str) -> bool:
         """The runtime validates for itself: the model is ready (no load can follow), or vLLM serves
         it (it honours fields the transformers engine refuses: tools, logprobs, n, response_format)."""
-        if self.probe is not None and self.probe.is_ready(model):
-            return True
+        return (self.probe is not None and self.probe.is_ready(model)) or self.vllm_serves(model)
+
+    def vllm_serves(self, model: str) -> bool:
         return self.engines is not None and self.engines.engine(model) == "vllm"
 
     def request_model(self, path: str, body: bytes) -> type[BaseModel]:
