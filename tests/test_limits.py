@@ -350,3 +350,44 @@ async def test_a_vllm_model_is_limited_the_same_way_before_any_load(vllm_router:
     ok = await vllm_router.client.post("/v1/chat/completions", json=_chat(n=2, logprobs=True, stop=["a", "b"]))
     assert ok.status_code == 200, ok.text
     assert vllm_router.control.acquired[before:] == [CHAT]
+
+
+# -- large work stays off the model's thread ---------------------------------------------------------
+
+
+@aio
+async def test_templating_and_tokenizing_run_off_the_model_thread(tiny_models: dict[str, Path]) -> None:
+    import threading
+
+    from llmi_runtime.app import build_app
+    from llmi_runtime.engines.base import LoadOptions
+    from llmi_runtime.state import Phase, RuntimeState
+
+    settings = Settings(_env_file=None, **LIMITS)  # type: ignore[call-arg]
+    state = RuntimeState(CHAT, ModelType.CHAT, tiny_models["tiny-llama-chat"], LoadOptions(device="cpu"), settings)
+    await state.load()
+    assert state.phase is Phase.READY, state.error
+    threads: dict[str, str] = {}
+    engine = state.engine
+
+    def recorded(name: str, fn: Any) -> Any:
+        def run(*args: Any) -> Any:
+            threads[name] = threading.current_thread().name
+            return fn(*args)
+
+        return run
+
+    engine.chat_prompt = recorded("chat_prompt", engine.chat_prompt)
+    engine.text_prompt = recorded("text_prompt", engine.text_prompt)
+    try:
+        transport = httpx.ASGITransport(app=build_app(state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://runtime", timeout=60) as client:
+            chat = await client.post("/v1/chat/completions", json=_chat(max_tokens=2))
+            assert chat.status_code == 200, chat.text
+            done = await client.post("/v1/completions", json={"model": CHAT, "prompt": "hi", "max_tokens": 2})
+            assert done.status_code == 200, done.text
+    finally:
+        state.close()
+    # Not the model's thread ("model-worker", where they ran before), nor the event loop's.
+    assert threads["chat_prompt"].startswith("prepare"), threads
+    assert threads["text_prompt"].startswith("prepare"), threads
