@@ -53,12 +53,15 @@ class ApiKeyMiddleware:
         self.open = ALWAYS_OPEN | frozenset(open_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.digests or scope["path"] in self.open:
+        if scope["type"] not in ("http", "websocket") or not self.digests or scope["path"] in self.open:
             await self.app(scope, receive, send)
             return
         offered = _offered(scope)
         if offered is not None and self.allowed(offered):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":  # none today; a future one is guarded too (403 before accept)
+            await send({"type": "websocket.close", "code": 1008})
             return
         message = "Missing API key: send 'Authorization: Bearer <key>'." if offered is None else "Invalid API key."
         body = json.dumps(error_body(message, "invalid_request_error", code="invalid_api_key")).encode()

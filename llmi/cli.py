@@ -261,7 +261,7 @@ def models_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def pull_command(args: argparse.Namespace, settings: Settings) -> int:
     """Download a hub repo into the models folder; one clear line and exit 1 on failure."""
-    from llmi.catalog.scan import valid_name
+    from llmi.names import valid_name
 
     repo_id: str = args.repo_id
     if not REPO_ID_RE.match(repo_id) or ".." in repo_id or "--" in repo_id:

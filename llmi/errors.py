@@ -43,7 +43,9 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
     def __init__(self, model: str) -> None:
-        super().__init__(f"The model '{model}' does not exist.", param="model")
+        # Bounded: a hostile overlong name is not echoed back whole.
+        shown = model if len(model) <= 80 else f"{model[:80]}... ({len(model)} characters)"
+        super().__init__(f"The model '{shown}' does not exist.", param="model")
 
 
 class Conflict(LlmiError):
@@ -72,6 +74,13 @@ class TokenLimitExceeded(LlmiError):
     status = 400
     type = "invalid_request_error"
     code = "max_tokens_too_large"
+
+
+class LimitExceeded(BadRequest):
+    """A request over one of the configured limits (LLM_MAX_*): the message names the limit and
+    its setting, ``param`` the field; a 400 clients should not retry unchanged."""
+
+    code = "limit_exceeded"
 
 
 class PayloadTooLarge(LlmiError):

@@ -148,10 +148,17 @@ def operation_spec(op: Operation) -> dict[str, Any]:
                 "required": ["data"],
                 "properties": {
                     "data": {
-                        "type": "string",
-                        "contentMediaType": "application/json",
-                        "contentSchema": _ref(op.stream_event),
-                        "description": f"A {op.stream_event.__name__} as JSON, or `[DONE]` last.",
+                        # The last event is not JSON, and a failure after the headers is an error event.
+                        "anyOf": [
+                            {
+                                "type": "string",
+                                "contentMediaType": "application/json",
+                                "contentSchema": {"anyOf": [_ref(op.stream_event), _ref(ErrorResponse)]},
+                            },
+                            {"const": "[DONE]"},
+                        ],
+                        "description": f"A {op.stream_event.__name__} as JSON, an ErrorResponse if the stream "
+                        "fails after it began, or `[DONE]` last.",
                     },
                     "event": {"type": "string"},
                 },

@@ -80,7 +80,21 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, ge=1, description="Most images in one request.")
     max_batch_inputs: int = Field(2048, ge=1, description="Most inputs/documents/texts in one request.")
     max_input_chars: int = Field(
-        1_000_000, ge=1, description="Longest single text input (characters) before tokenization."
+        1_000_000,
+        ge=1,
+        description="Longest text (characters) before tokenization: each embedding input, document, query, "
+        "completion prompt, and a chat's messages together.",
+    )
+    max_prompts: int = Field(64, ge=1, description="Most prompts in one /v1/completions request (each is generated).")
+    max_stop_strings: int = Field(
+        16, ge=1, description="Most stop strings per request: each is looked for after every token."
+    )
+    max_stop_chars: int = Field(1000, ge=1, description="Longest stop string (characters).")
+    max_logit_bias: int = Field(1024, ge=1, description="Most logit_bias entries per request.")
+    max_instruction_chars: int = Field(
+        4096,
+        ge=1,
+        description="Longest rerank instruction (characters): it is repeated in front of every document.",
     )
     max_tokens_default: int | None = Field(
         None,

@@ -10,7 +10,7 @@ import openai
 import pytest
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from llmi.auth import ApiKeyMiddleware, KeyError_, load_keys
 from tests.serve_process import ServeProcess, model_folder, start_serve
@@ -55,6 +55,24 @@ async def test_probes_stay_open_and_metrics_when_configured() -> None:
         assert (await client.get("/metrics")).status_code == 200
     async with app_with({"k"}) as client:
         assert (await client.get("/metrics")).status_code == 401
+
+
+def test_a_websocket_without_a_key_is_refused_before_it_is_accepted() -> None:
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    async def echo(ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_text("in")
+        await ws.close()
+
+    app = ApiKeyMiddleware(Starlette(routes=[WebSocketRoute("/v1/ws", echo)]), {"sk-one"})
+    with TestClient(app) as client:
+        with pytest.raises(WebSocketDisconnect) as info, client.websocket_connect("/v1/ws"):
+            pass
+        assert info.value.code == 1008
+        with client.websocket_connect("/v1/ws", headers={"Authorization": "Bearer sk-one"}) as ws:
+            assert ws.receive_text() == "in"
 
 
 async def test_without_keys_everything_is_open() -> None:

@@ -179,6 +179,10 @@ def cases() -> list[Case]:
         "top-p-infinite": ({"messages": msgs, "top_p": float("inf")}, "top_p"),
         "seed-beyond-64-bits": ({"messages": msgs, "seed": 10**30}, "seed"),
         "logit-bias-too-many": ({"messages": msgs, "logit_bias": {str(i): 1 for i in range(2000)}}, "logit_bias"),
+        # Keys that pass str.isdigit() but are no int, or too long for int(): a 400, not a 500.
+        "logit-bias-superscript-key": ({"messages": msgs, "logit_bias": {"²": 1}}, "logit_bias"),
+        "logit-bias-5000-digit-key": ({"messages": msgs, "logit_bias": {"9" * 5000: 1}}, "logit_bias"),
+        "too-long-stop": ({"messages": msgs, "stop": ["x" * 1001]}, "stop.0"),
     }
     for id_, (body, param) in chat_cases.items():
         out.append(Case(f"chat:{id_}", "/v1/chat/completions", {"model": chat, **body}, 400, param))
@@ -218,6 +222,7 @@ def cases() -> list[Case]:
         "document-object-wrong-key": {"query": "q", "documents": [{"txt": "a"}]},
         "return-documents-string": {"query": "q", "documents": ["a"], "return_documents": "yes"},
         "too-many-documents": {"query": "q", "documents": ["a"] * 65},
+        "instruction-too-long": {"query": "q", "documents": ["a"], "instruction": "x" * 5000},
     }
     for id_, body in rerank_cases.items():
         out.append(Case(f"rerank:{id_}", "/v1/rerank", {"model": rr, **body}, 400))

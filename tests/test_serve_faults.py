@@ -163,3 +163,37 @@ def _token_id(folder: Path, token: str) -> int:
     from transformers import AutoTokenizer
 
     return int(AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids(token))
+
+
+def test_sigterm_drains_an_in_flight_stream(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """SIGTERM while a generation streams: it runs to its end ([DONE], its full length), then the
+    server exits and leaves no runtime behind."""
+    models = model_folder(tiny_models, tmp_path / "models", ["tiny-llama-chat"])
+    server = start_serve(models, tmp_path, env=runtime_env(LLM_DRAIN_TIMEOUT_S="120"))
+    tok_id = _token_id(tiny_models["tiny-llama-chat"], "<|im_end|>")
+    body = {
+        "model": "tiny-llama-chat",
+        "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": 64,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "logit_bias": {str(tok_id): -100},  # never stops by itself: runs to max_tokens
+    }
+    events: list[str] = []
+    try:
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=120) as r:
+            assert r.status_code == 200
+            lines = (line for line in r.iter_lines() if line.startswith("data: "))
+            events.append(next(lines))  # the generation is under way
+            server.proc.send_signal(signal.SIGTERM)
+            events.extend(lines)
+    finally:
+        code = server.stop()
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    assert not any("error" in c for c in chunks)
+    assert chunks[-1]["usage"]["completion_tokens"] == 64
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+    assert code in (0, -signal.SIGTERM), server.output()
+    assert server.runtime_pids() == []

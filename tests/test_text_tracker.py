@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from llmi_runtime.engines.chat import _TextTracker
 
 
@@ -64,3 +67,29 @@ def test_incremental_decoding_matches_a_full_decode(tiny_models) -> None:  # typ
         pieces = [tracker.add(i)[0] for i in ids]
         pieces.append(tracker.flush())
         assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
+
+
+def _held_back_by_every_prefix(text: str, stop: tuple[str, ...]) -> str:
+    """The hold-back rule checked against every prefix length of every stop string (the old scan)."""
+    safe = text
+    for s in stop:
+        for n in range(min(len(s) - 1, len(safe)), 0, -1):
+            if safe.endswith(s[:n]):
+                safe = safe[:-n]
+                break
+    return safe
+
+
+@given(
+    text=st.text(alphabet="abE", max_size=30),
+    stop=st.lists(st.text(alphabet="abE", min_size=1, max_size=8), max_size=4).map(tuple),
+)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+def test_the_indexed_hold_back_matches_the_scan_of_every_prefix(text: str, stop: tuple[str, ...]) -> None:
+    """Sent text after each token: what the scan of every prefix length would have released."""
+    tracker = _TextTracker(CharTokenizer(), stop)
+    for ch in text:
+        _, stopped = tracker.add(ord(ch))
+        if stopped:
+            return
+        assert tracker.sent == _held_back_by_every_prefix(tracker.text, stop)

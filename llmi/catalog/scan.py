@@ -29,6 +29,7 @@ from llmi.catalog.classify import NotAModel, detect_type, read_overrides
 from llmi.catalog.estimate import Estimate, estimate
 from llmi.catalog.measured import fingerprint
 from llmi.modeltypes import ModelType
+from llmi.names import MAX_NAME_CHARS, NAME_RE, valid_name
 from llmi.planner import DeviceKind, PlacementOverride
 
 Engine = Literal["auto", "transformers", "vllm"]
@@ -36,7 +37,6 @@ ENGINES: tuple[Engine, ...] = ("auto", "transformers", "vllm")
 PLACEMENTS: tuple[PlacementOverride, ...] = ("auto", "gpu", "offload", "cpu")
 CONFIG_FILES = ("config.json", "llmi.yaml", "llmi.yml", "modules.json")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
 SIZE_UNITS = {
     None: 1,
@@ -87,11 +87,6 @@ class Catalog:
         return next((e for e in self.entries if e.name == name), None)
 
 
-def valid_name(name: str) -> bool:
-    """Names appear in URLs and paths: plain characters, no empty, ``.`` or ``..`` parts."""
-    return bool(NAME_RE.match(name)) and all(part not in {"", ".", ".."} for part in name.split("/"))
-
-
 def parse_size(value: Any) -> int:
     """Bytes from an int or a string such as ``"6GiB"``; raises ValueError."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -140,7 +135,9 @@ def describe(
     if "name" in overrides:
         name = str(overrides["name"])
     if not valid_name(name):
-        raise ValueError(f"name {name!r} must match {NAME_RE.pattern} without '.' or '..' parts")
+        raise ValueError(
+            f"name {name!r} must match {NAME_RE.pattern} without '.' or '..' parts, at most {MAX_NAME_CHARS} characters"
+        )
     engine = cast(Engine, _choice(overrides, "engine", ENGINES))
     if engine == "vllm" and model_type is not ModelType.CHAT:
         raise ValueError(f"engine vllm serves chat models only, this is a {model_type} model")

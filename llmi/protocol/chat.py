@@ -57,7 +57,8 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool = False
 
 
-StopWord = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+# Counts and lengths of stop strings and logit_bias are settings (llmi/limits.py), not types.
+StopWord = Annotated[str, StringConstraints(min_length=1)]
 
 
 class SamplingFields(Request):
@@ -67,11 +68,11 @@ class SamplingFields(Request):
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=-1)] | None = None
     max_tokens: PositiveInt | None = None
-    stop: StopWord | Annotated[list[StopWord], Field(max_length=16)] | None = None
+    stop: StopWord | list[StopWord] | None = None
     seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=1024)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     n: Annotated[int, Field(ge=1, le=1)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -123,12 +124,7 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class CompletionRequest(SamplingFields):
-    prompt: (
-        str
-        | Annotated[list[str], Field(min_length=1, max_length=64)]
-        | TokenIds
-        | Annotated[list[TokenIds], Field(min_length=1, max_length=64)]
-    )
+    prompt: str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
     echo: Literal[False] | None = None
     best_of: Literal[1] | None = None
     logprobs: Literal[0] | None = None

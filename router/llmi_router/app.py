@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -23,9 +23,10 @@ from starlette.routing import Route
 
 from llmi import __version__
 from llmi.auth import ApiKeyMiddleware, load_keys
-from llmi.caps import check_token_caps
 from llmi.errors import BadRequest, ClientGone, LlmiError, ModelNotFound
+from llmi.limits import check_limits, check_pass_through_limits
 from llmi.modeltypes import ENDPOINTS, RERANK_PATHS, ModelType
+from llmi.names import valid_name
 from llmi.openapi import add_operations
 from llmi.protocol.chat import ChatCompletionRequest, CompletionRequest
 from llmi.protocol.common import ErrorResponse
@@ -116,14 +117,20 @@ class Gateway:
         except ValidationError:
             fields = None
         model = fields.model if fields is not None else None
+        if model is not None and not valid_name(model):
+            raise ModelNotFound(model)  # path-like, overlong or odd characters: never looked up
         if fields is not None and model is None and path in RERANK_PATHS:
             model = self.sole_reranker()
         if fields is None or model is None or not self.passes_through(model):
-            # The strict check, and the token caps, before a load can start.
+            # The strict check, and the limits, before a load can start.
             parsed = parse_json(body, self.request_model(path, body))
             model = getattr(parsed, "model", None) or model or self.sole_reranker()
-            check_token_caps(parsed, self.settings)
+            check_limits(parsed, self.settings)
             fields = RouteFields(model=model, stream=bool(getattr(parsed, "stream", False)))
+        elif self.vllm_serves(model):
+            # vLLM validates the rest for itself, but knows nothing of llmi's limits (and a load
+            # may come first): they are checked here, ready or not.
+            check_pass_through_limits(body, self.settings)
         assert model is not None
         self.check_endpoint(model, path)
         return model, fields.stream
@@ -131,8 +138,9 @@ class Gateway:
     def passes_through(self, model: str) -> bool:
         """The runtime validates for itself: the model is ready (no load can follow), or vLLM serves
         it (it honours fields the transformers engine refuses: tools, logprobs, n, response_format)."""
-        if self.probe is not None and self.probe.is_ready(model):
-            return True
+        return (self.probe is not None and self.probe.is_ready(model)) or self.vllm_serves(model)
+
+    def vllm_serves(self, model: str) -> bool:
         return self.engines is not None and self.engines.engine(model) == "vllm"
 
     def request_model(self, path: str, body: bytes) -> type[BaseModel]:
@@ -155,7 +163,7 @@ class Gateway:
 
     def check_endpoint(self, model: str, path: str) -> None:
         """404 for an unknown model, 400 when its type does not serve ``path``."""
-        kind = self.control.model_type(model)
+        kind = self.control.model_type(model) if valid_name(model) else None
         if kind is None:
             raise ModelNotFound(model)
         if path not in ENDPOINTS[ModelType(kind)]:
@@ -233,7 +241,12 @@ def build_router_app(
         tags=["models"],
         responses=_NOT_FOUND,
     )
-    async def get_model(model: str) -> ModelCard:
+    async def get_model(model: str, request: Request) -> ModelCard:
+        # Starlette's route pattern ends in "$", which also matches before a final newline and
+        # drops it from the parameter: read the name from the path itself.
+        model = request.scope["path"].removeprefix("/v1/models/")
+        if not valid_name(model):
+            raise ModelNotFound(model)
         for card in control.describe():
             if card.id == model:
                 return card

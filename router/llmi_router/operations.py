@@ -12,7 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
-from llmi.errors import LlmiError
+from llmi.errors import LlmiError, ModelNotFound
+from llmi.names import valid_name
 from llmi.protocol.common import ErrorResponse
 from llmi.protocol.models import ModelCard
 from llmi.settings import Settings
@@ -54,7 +55,9 @@ class Operable(Protocol):
     async def pin(self, model: str, pinned: bool) -> ModelCard: ...
 
 
-def _operable(control: ControlPlane) -> Operable:
+def _operable(control: ControlPlane, model: str | None = None) -> Operable:
+    if model is not None and not valid_name(model):
+        raise ModelNotFound(model)  # never handed to the control plane
     if not isinstance(control, Operable):
         raise Unsupported("This control plane does not offer model operations.")
     return control
@@ -83,12 +86,12 @@ def install_operations(app: FastAPI, control: ControlPlane, settings: Settings) 
 
     @app.post("/v1/admin/models/{model:path}/load", summary="Load a model now", operation_id="loadModel", **admin)
     async def load(model: str) -> JSONResponse:
-        card = await _operable(control).load(model, settings.queue_timeout_s)
+        card = await _operable(control, model).load(model, settings.queue_timeout_s)
         return JSONResponse(card.model_dump())
 
     @app.post("/v1/admin/models/{model:path}/unload", summary="Unload a model now", operation_id="unloadModel", **admin)
     async def unload(model: str) -> JSONResponse:
-        return JSONResponse((await _operable(control).unload(model)).model_dump())
+        return JSONResponse((await _operable(control, model).unload(model)).model_dump())
 
     @app.post(
         "/v1/admin/models/{model:path}/pin",
@@ -99,7 +102,7 @@ def install_operations(app: FastAPI, control: ControlPlane, settings: Settings) 
     )
     async def pin(model: str, request: Request) -> JSONResponse:
         body = await parse_body(request, PinRequest) if await request.body() else PinRequest()
-        return JSONResponse((await _operable(control).pin(model, body.pinned)).model_dump())
+        return JSONResponse((await _operable(control, model).pin(model, body.pinned)).model_dump())
 
 
 def _sse(data: dict[str, Any]) -> bytes:

@@ -100,7 +100,13 @@ class Proxy:
                 if attempt == 2 or not await self.control.forget_if_dead(model, lease.url):
                     raise UpstreamFailed(f"The runtime of '{model}' is not reachable.") from None
                 continue
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except TimeoutError:  # aiohttp's read timeout is one too: name the limit
+                lease.release()
+                limit = self.session.timeout.sock_read
+                raise UpstreamFailed(
+                    f"The runtime of '{model}' did not answer within {limit} s (LLM_REQUEST_TIMEOUT_S)."
+                ) from None
+            except aiohttp.ClientError as exc:
                 lease.release()
                 raise UpstreamFailed(f"The runtime of '{model}' did not answer: {type(exc).__name__}.") from None
             except BaseException:

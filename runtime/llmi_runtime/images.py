@@ -14,7 +14,7 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
-from llmi.errors import BadRequest
+from llmi.errors import BadRequest, LimitExceeded
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,", re.IGNORECASE)
@@ -32,12 +32,12 @@ def decode_image(data: str, *, param: str, max_bytes: int, max_pixels: int) -> I
         raise BadRequest(f"Data URL media type {match.group('mime')!r} is not an image.", param=param)
     payload = data[match.end() :] if match else data
     if len(payload) > (max_bytes * 4) // 3 + 8:
-        raise BadRequest(f"Image is larger than the limit of {max_bytes} bytes.", param=param)
+        raise LimitExceeded(f"Image is larger than the limit of {max_bytes} bytes (LLM_MAX_IMAGE_BYTES).", param=param)
     raw = _b64decode(payload, param)
     if not raw:
         raise BadRequest("Image is empty.", param=param)
     if len(raw) > max_bytes:
-        raise BadRequest(f"Image is larger than the limit of {max_bytes} bytes.", param=param)
+        raise LimitExceeded(f"Image is larger than the limit of {max_bytes} bytes (LLM_MAX_IMAGE_BYTES).", param=param)
     return _open(raw, param=param, max_pixels=max_pixels)
 
 

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from llmi.errors import BadRequest
+from llmi.limits import check_limits
 from llmi.protocol.embeddings import EmbeddingRequest
 from llmi.web import parse_body
 from llmi_runtime.api.deps import state_of
@@ -26,13 +27,9 @@ PATH = "/v1/embeddings"
 async def embeddings(request: Request) -> Response:
     state = state_of(request)
     req = await parse_body(request, EmbeddingRequest)
+    check_limits(req, state.settings)
     engine: EmbeddingEngine = state.engine_for(req.model, PATH)
     inputs = req.inputs()
-    limits = state.settings
-    if len(inputs) > limits.max_batch_inputs:
-        raise BadRequest(f"At most {limits.max_batch_inputs} inputs per request.", param="input")
-    if any(isinstance(x, str) and len(x) > limits.max_input_chars for x in inputs):
-        raise BadRequest(f"An input is longer than {limits.max_input_chars} characters.", param="input")
     if req.dimensions is not None and req.dimensions > engine.dimensions:
         raise BadRequest(f"dimensions must be at most {engine.dimensions} for this model.", param="dimensions")
     rows = await state.prepare.run(lambda: engine.prepare(inputs))

@@ -4,12 +4,13 @@ v1's): one scoring path, three answer shapes."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
-from llmi.errors import BadRequest
+from llmi.limits import check_limits
 from llmi.protocol.common import EmbeddingUsage
 from llmi.protocol.rerank import (
     DocumentObject,
@@ -27,6 +28,7 @@ from llmi_runtime.api.deps import json_response, new_id, state_of
 from llmi_runtime.state import RuntimeState
 
 router = APIRouter()
+M = TypeVar("M", bound=BaseModel)
 V1, V2, TEI = "/v1/rerank", "/v2/rerank", "/rerank"
 
 
@@ -34,16 +36,18 @@ async def _score(
     state: RuntimeState, model: str, path: str, query: str, documents: list[str], instruction: str | None, raw: bool
 ) -> tuple[list[float], int]:
     engine = state.engine_for(model, path)
-    limits = state.settings
-    if len(documents) > limits.max_batch_inputs:
-        raise BadRequest(f"At most {limits.max_batch_inputs} documents per request.", param="documents")
-    if any(len(d) > limits.max_input_chars for d in [query, *documents, instruction or ""]):
-        raise BadRequest(f"A text is longer than {limits.max_input_chars} characters.", param="documents")
     rows = await state.prepare.run(lambda: engine.prepare(query, documents, instruction))
     tokens = sum(len(r) for r in rows)
     pairs = await state.batching.batcher("rerank", engine.forward).submit(rows)  # merged across requests
     state.metrics.prompt_tokens.labels(path).inc(tokens)
     return [raw_score if raw else score for score, raw_score in pairs], tokens
+
+
+def _parse(request: Request, body: bytes, model: type[M]) -> M:
+    """The strict parse, then the limits (the router's own check, for requests it passed through)."""
+    req = parse_json(body, model)
+    check_limits(req, state_of(request).settings)
+    return req
 
 
 def _ranked(scores: list[float], limit: int) -> list[int]:
@@ -52,12 +56,12 @@ def _ranked(scores: list[float], limit: int) -> list[int]:
 
 @router.post(V1, include_in_schema=False)
 async def rerank_v1(request: Request) -> Response:
-    return await _cohere(request, parse_json(await request.body(), RerankRequest), V1)
+    return await _cohere(request, _parse(request, await request.body(), RerankRequest), V1)
 
 
 @router.post(V2, include_in_schema=False)
 async def rerank_v2(request: Request) -> Response:
-    return await _cohere(request, parse_json(await request.body(), RerankRequest), V2)
+    return await _cohere(request, _parse(request, await request.body(), RerankRequest), V2)
 
 
 @router.post(TEI, include_in_schema=False)
@@ -68,8 +72,8 @@ async def rerank_tei(request: Request) -> Response:
     except ValueError:
         decoded = None
     if not (isinstance(decoded, dict) and is_tei(decoded)):
-        return await _cohere(request, parse_json(body, RerankRequest), TEI)
-    req = parse_json(body, TeiRerankRequest)
+        return await _cohere(request, _parse(request, body, RerankRequest), TEI)
+    req = _parse(request, body, TeiRerankRequest)
     state = state_of(request)
     scores, _ = await _score(state, req.model or state.name, TEI, req.query, req.texts, None, req.raw_scores)
     ranks = [

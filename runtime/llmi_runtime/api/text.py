@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from llmi.caps import check_token_caps, default_cap
+from llmi.caps import default_cap
 from llmi.errors import BadRequest, LlmiError
+from llmi.limits import check_limits
 from llmi.protocol.chat import (
     AssistantMessage,
     ChatChoice,
@@ -59,10 +60,12 @@ def sampling(
 async def chat_completions(request: Request) -> Response:
     state = state_of(request)
     req = await parse_body(request, ChatCompletionRequest)
-    check_token_caps(req, state.settings)
+    check_limits(req, state.settings)
     engine: ChatEngine = state.engine_for(req.model, CHAT)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-    prompt = await state.worker.run(lambda: engine.chat_prompt(messages))
+    # Templating and tokenizing a long prompt is CPU work: on the prepare thread, so the model's
+    # thread keeps stepping other generations meanwhile.
+    prompt = await state.prepare.run(lambda: engine.chat_prompt(messages))
     params = sampling(engine, req, req.token_limit() or 0, len(prompt), default_cap(state.settings))
     cid, created = new_id("chatcmpl"), now()
 
@@ -113,7 +116,7 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     state = state_of(request)
     req = await parse_body(request, CompletionRequest)
-    check_token_caps(req, state.settings)
+    check_limits(req, state.settings)
     engine: ChatEngine = state.engine_for(req.model, COMPLETIONS)
     prompts: list[Any] = (
         [req.prompt] if isinstance(req.prompt, str) or isinstance(req.prompt[0], int) else list(req.prompt)
@@ -121,7 +124,7 @@ async def completions(request: Request) -> Response:
     if len(prompts) > 1 and req.stream:
         # One stream per request keeps the event order simple for clients; batch without streaming.
         raise BadRequest("Streaming is supported for one prompt at a time.", param="prompt")
-    ids = [await state.worker.run(lambda p=p: engine.text_prompt(p)) for p in prompts]
+    ids = [await state.prepare.run(lambda p=p: engine.text_prompt(p)) for p in prompts]
     params = [sampling(engine, req, req.token_limit(), len(i), default_cap(state.settings)) for i in ids]
     cid, created = new_id("cmpl"), now()
 

@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from PIL import Image
 
 from llmi.errors import BadRequest
+from llmi.limits import check_limits
 from llmi.protocol.vision import (
     MultimodalEncodeRequest,
     MultimodalEncodeResponse,
@@ -38,9 +39,7 @@ MM_ENCODE, MM_MATCH = "/v1/multimodal/encode", "/v1/multimodal/match"
 
 
 async def _images(state: RuntimeState, images: Sequence[str], param: str, indexed: bool = True) -> list[Image.Image]:
-    limits = state.settings
-    if len(images) > limits.max_images_per_request:
-        raise BadRequest(f"At most {limits.max_images_per_request} images per request.", param=param)
+    limits = state.settings  # counts and byte sizes were checked with the request (llmi/limits.py)
 
     def decode_all() -> list[Image.Image]:
         decoded, pixels = [], 0
@@ -65,15 +64,6 @@ async def _images(state: RuntimeState, images: Sequence[str], param: str, indexe
     return await asyncio.to_thread(decode_all)
 
 
-def _texts(state: RuntimeState, texts: Sequence[str]) -> list[str]:
-    limits = state.settings
-    if len(texts) > limits.max_batch_inputs:
-        raise BadRequest(f"At most {limits.max_batch_inputs} texts per request.", param="texts")
-    if any(len(t) > limits.max_input_chars for t in texts):
-        raise BadRequest(f"A text is longer than {limits.max_input_chars} characters.", param="texts")
-    return list(texts)
-
-
 async def _image_features(state: RuntimeState, engine: Any, images: list[Image.Image]) -> torch.Tensor:
     """Features of ``images``, batched with other requests' images on this model."""
     pixels = await state.prepare.run(lambda: engine.prepare_images(images))
@@ -93,6 +83,7 @@ def _rows(t: torch.Tensor, normalize: bool = False) -> list[list[float]]:
 async def vision_encode(request: Request) -> Response:
     state = state_of(request)
     req = await parse_body(request, VisionEncodeRequest)
+    check_limits(req, state.settings)
     engine = state.engine_for(req.model, ENCODE)
     images = await _images(state, req.images, "images")
     features = await _image_features(state, engine, images)
@@ -107,6 +98,7 @@ async def vision_encode(request: Request) -> Response:
 async def vision_similarity(request: Request) -> Response:
     state = state_of(request)
     req = await parse_body(request, VisionSimilarityRequest)
+    check_limits(req, state.settings)
     engine = state.engine_for(req.model, SIMILARITY)
     first = await _images(state, [req.image1], "image1", indexed=False)
     second = await _images(state, [req.image2], "image2", indexed=False)
@@ -128,9 +120,10 @@ async def vision_similarity(request: Request) -> Response:
 async def multimodal_encode(request: Request) -> Response:
     state = state_of(request)
     req = await parse_body(request, MultimodalEncodeRequest)
+    check_limits(req, state.settings)
     engine = state.engine_for(req.model, MM_ENCODE)
     images = await _images(state, req.images or [], "images")
-    texts = _texts(state, req.texts or [])
+    texts = list(req.texts or [])
     image_features = await _image_features(state, engine, images) if images else None
     text_features = await _text_features(state, engine, texts) if texts else None
     dims = next(int(t.shape[1]) for t in (image_features, text_features) if t is not None)
@@ -148,9 +141,10 @@ async def multimodal_encode(request: Request) -> Response:
 async def multimodal_match(request: Request) -> Response:
     state = state_of(request)
     req = await parse_body(request, MultimodalMatchRequest)
+    check_limits(req, state.settings)
     engine = state.engine_for(req.model, MM_MATCH)
     images = await _images(state, req.images, "images")
-    texts = _texts(state, req.texts)
+    texts = list(req.texts)
     result = engine.scores(await _image_features(state, engine, images), await _text_features(state, engine, texts))
     return json_response(
         MultimodalMatchResponse(

@@ -17,6 +17,7 @@ from typing import Any
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from llmi.errors import BadRequest
+from llmi.limits import token_id
 from llmi.modeltypes import ModelType
 from llmi_runtime.engines.base import LoadOptions, module_facts, place
 from llmi_runtime.engines.continuous import ContinuousBatcher
@@ -112,9 +113,10 @@ class ChatEngine:
     def check_logit_bias(self, bias: dict[str, float] | None) -> dict[int, float]:
         out: dict[int, float] = {}
         for key, value in (bias or {}).items():
-            if not key.lstrip("-").isdigit() or not 0 <= int(key) < self.vocab_size:
+            token = token_id(key)  # a 400, never int()'s ValueError, for "²" or 5000 digits
+            if token >= self.vocab_size:
                 raise BadRequest(f"logit_bias key {key!r} is not a token id of this model.", param="logit_bias")
-            out[int(key)] = value
+            out[token] = value
         return out
 
     # -- generation ---------------------------------------------------------------------

@@ -18,6 +18,15 @@ class TextTracker:
         self.tokenizer = tokenizer
         self.stop = stop
         self.longest_stop = max((len(s) for s in stop), default=0)
+        # For each stop string, by character: the lengths n (longest first) of its proper prefixes
+        # s[:n] that end in that character. Only those can be the held-back tail of the text, so
+        # a token costs a few checks, not one per prefix length of every stop string.
+        self._prefix_ends: list[dict[str, list[int]]] = []
+        for s in stop:
+            ends: dict[str, list[int]] = {}
+            for n in range(len(s) - 1, 0, -1):
+                ends.setdefault(s[n - 1], []).append(n)
+            self._prefix_ends.append(ends)
         self.ids: list[int] = []
         self.prefix_offset = 0  # ids[prefix_offset:read_offset] give context for the next piece
         self.read_offset = 0
@@ -33,9 +42,9 @@ class TextTracker:
             if hits:
                 return self._advance(self.text[: min(hits)]), True
         safe = self.text
-        for s in self.stop:
-            for n in range(min(len(s) - 1, len(safe)), 0, -1):
-                if safe.endswith(s[:n]):
+        for s, ends in zip(self.stop, self._prefix_ends, strict=True):
+            for n in ends.get(safe[-1:], ()):
+                if n <= len(safe) and safe.endswith(s[:n]):
                     safe = safe[:-n]
                     break
         return self._advance(safe), False
