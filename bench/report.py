@@ -26,8 +26,8 @@ class Row:
 
     @property
     def met(self) -> bool | None:
-        if self.value is None or math.isnan(self.value):
-            return None
+        if self.value is None or math.isnan(self.value) or math.isnan(self.target):
+            return None  # no figure, or a row for context with no target
         if self.sense == "min":
             return self.value >= self.target
         if self.sense == "max":
@@ -38,7 +38,7 @@ class Row:
     def score(self) -> float | None:
         """How far inside the target (> 1) or outside it (< 1); the chart's scale."""
         v = self.value
-        if v is None or math.isnan(v):
+        if v is None or math.isnan(v) or math.isnan(self.target):
             return None
         if self.sense == "min":
             raw = v / self.target if self.target else math.inf
@@ -81,6 +81,15 @@ def router_rows(raw: dict[str, Any]) -> list[Row]:
         if peer is not None:
             rows.append(Row("router", f"{label} req/s vs LiteLLM", f["router"], peer["litellm"], "LiteLLM proxy",
                             "req/s", _ratio(f["router"], peer["litellm"]), 20.0, "min", ">= 20x LiteLLM"))  # fmt: skip
+    floor = figures.get("floor") or {}
+    for label in [k for k in router if k.endswith("C=1 p50") and k in floor]:
+        rows.append(Row("router", f"{label}: added latency of the floor proxy", floor[label]["floor"],
+                        floor[label]["direct"], "direct", "ms", floor[label]["added_ms"], math.nan, "max",
+                        "context: uvicorn + aiohttp, no logic"))  # fmt: skip
+    if "proxy CPU per request" in floor:
+        rows.append(Row("router", "floor proxy CPU per request", floor["proxy CPU per request"]["floor"], None, "-",
+                        "ms", floor["proxy CPU per request"]["floor"], math.nan, "max",
+                        "context: uvicorn + aiohttp, no logic"))  # fmt: skip
     cpu = router.get("proxy CPU per request")
     if cpu is not None:
         peer_cpu = _get(litellm, "proxy CPU per request", "litellm")

@@ -346,6 +346,24 @@ def start_litellm(command: Path, direct: dict[str, str], tmp: Path) -> LiteLLM:
     raise TimeoutError(f"litellm not ready:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+def start_floor(direct: dict[str, str]) -> LiteLLM:
+    """``bench.floor_proxy`` in front of the standalone runtimes: the least a proxy costs here."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.floor_proxy", str(port), *(f"{m}={u}" for m, u in direct.items())]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + LOAD_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the floor proxy exited with {proc.returncode}")
+        with contextlib.suppress(httpx.TransportError):
+            httpx.get(url, timeout=5)  # any answer: it listens
+            return LiteLLM(url, proc)
+        time.sleep(0.1)
+    stop_process(proc)
+    raise TimeoutError("the floor proxy did not listen")
+
+
 def stop_serve(serve: ServeProcess, keep: set[int]) -> None:
     """Stop `llmi serve`; SIGKILL any of its runtimes that outlived it."""
     serve.stop()
@@ -453,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
             print("router_bench: router warm, runtimes ready; measuring", file=sys.stderr)
             urls = {"direct": {n: r.url for n, r in direct.items()}, "router": dict.fromkeys(MODELS, serve.url)}
             pids: dict[str, int | None] = {"router": serve.proc.pid}
+            floor = start_floor(urls["direct"])
+            stack.callback(lambda: stop_process(floor.proc))
+            urls["floor"] = dict.fromkeys(MODELS, floor.url)
+            pids["floor"] = floor.proc.pid
             if args.litellm.exists():
                 proxy = start_litellm(args.litellm, urls["direct"], Path(tmp))
                 stack.callback(lambda: stop_process(proxy.proc))
