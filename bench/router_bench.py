@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,16 +334,22 @@ def start_litellm(command: Path, direct: dict[str, str], tmp: Path) -> LiteLLM:
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
+    return _when_listening(LiteLLM(url, proc), "/health/liveliness", lambda: log.read_text(errors="replace")[-3000:])
+
+
+def _when_listening(server: LiteLLM, probe: str, output: Callable[[], str]) -> LiteLLM:
+    """``server`` once ``probe`` answers 200 (any status for ``""``); its output if it exits or never does."""
     deadline = time.monotonic() + LOAD_TIMEOUT_S
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"litellm exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.proc.args!r} exited with {server.proc.returncode}:\n{output()}")
         with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/health/liveliness", timeout=5, headers=AUTH).status_code == 200:
-                return LiteLLM(url, proc)
+            status = httpx.get(f"{server.url}{probe}", timeout=5, headers=AUTH).status_code
+            if status == 200 or not probe:
+                return server
         time.sleep(0.2)
-    stop_process(proc)
-    raise TimeoutError(f"litellm not ready:\n{log.read_text(errors='replace')[-3000:]}")
+    stop_process(server.proc)
+    raise TimeoutError(f"{server.proc.args!r} not ready:\n{output()}")
 
 
 def start_floor(direct: dict[str, str]) -> LiteLLM:
@@ -351,17 +357,7 @@ def start_floor(direct: dict[str, str]) -> LiteLLM:
     port = free_port()
     cmd = [sys.executable, "-m", "bench.floor_proxy", str(port), *(f"{m}={u}" for m, u in direct.items())]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + LOAD_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the floor proxy exited with {proc.returncode}")
-        with contextlib.suppress(httpx.TransportError):
-            httpx.get(url, timeout=5)  # any answer: it listens
-            return LiteLLM(url, proc)
-        time.sleep(0.1)
-    stop_process(proc)
-    raise TimeoutError("the floor proxy did not listen")
+    return _when_listening(LiteLLM(f"http://127.0.0.1:{port}", proc), "", lambda: "")
 
 
 def stop_serve(serve: ServeProcess, keep: set[int]) -> None:

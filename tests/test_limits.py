@@ -10,6 +10,7 @@ in process. Small limits keep every over-limit body small.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -186,9 +187,14 @@ class Router:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def router() -> AsyncIterator[Router]:
-    control = RecordingControl()
-    settings = Settings(_env_file=None, **LIMITS)  # type: ignore[call-arg]
-    app = build_router_app(control, settings, RouterMetrics())
+    async with serve_router(RecordingControl()) as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def serve_router(control: RecordingControl) -> AsyncIterator[Router]:
+    """The router app with the limits of this module, in front of a runtime that answers 200."""
+    app = build_router_app(control, Settings(_env_file=None, **LIMITS), RouterMetrics())  # type: ignore[call-arg]
     async with (
         serving(_answering_runtime()) as upstream,
         serving(app) as url,
@@ -326,15 +332,8 @@ class VllmControl(RecordingControl):
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def vllm_router() -> AsyncIterator[Router]:
-    control = VllmControl()
-    app = build_router_app(control, Settings(_env_file=None, **LIMITS), RouterMetrics())  # type: ignore[call-arg]
-    async with (
-        serving(_answering_runtime()) as upstream,
-        serving(app) as url,
-        httpx.AsyncClient(base_url=url, timeout=30) as client,
-    ):
-        control.url = upstream
-        yield Router(url, control, client)
+    async with serve_router(VllmControl()) as served:
+        yield served
 
 
 CHAT_CASES = [c for c in CASES if c.body.get("model") == CHAT]
