@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import kmock
+
 from llmi.localmodel import format_time
 from llmi_operator.kube import RestKube, load_api_client
 from llmi_operator.reconcile import Reconciler
@@ -255,3 +257,33 @@ async def test_a_model_that_fits_nowhere_fails_with_a_reason(kube_env: KubeEnv, 
         assert e.find(DEPLOYMENTS, ns, "llmi-huge")["spec"]["replicas"] == 0  # type: ignore[index]
         await patch(kube_env, url, {"spec": {"memory": "6Gi"}})  # a smaller estimate: now it fits
         await eventually(lambda: phase_is(kube_env, "huge", "Ready"), "Ready once it fits")
+
+
+async def test_the_operator_survives_api_errors_and_makes_no_duplicates(kube_env: KubeEnv, tmp_path: Path) -> None:
+    """Issue 12: a conflict, a server timeout, a 410 and a 500 on the operator's own calls are retried;
+    the model still comes up, with exactly one Deployment and one Service."""
+    e, ns = kube_env.emulator, kube_env.namespace
+    await e.apply_create(NODES, None, node("node-a"))
+    refusals = {  # each answered once, to the first matching request
+        ("deployments", kmock.action.CREATE): (409, "Operation cannot be fulfilled: the object has been modified"),
+        ("services", kmock.action.CREATE): (504, "Timeout: request did not complete within the allowed duration"),
+        ("pods", kmock.action.LIST): (410, "Gone: the resource version is too old"),
+        ("localmodels", kmock.action.UPDATE): (500, "etcdserver: request timed out"),
+    }
+    met: set[tuple[str, kmock.action]] = set()
+
+    def flaky(request: Any) -> tuple[int, str] | None:
+        key = (request.resource.plural, request.action)
+        if key in refusals and key not in met:
+            met.add(key)
+            return refusals[key]
+        return None
+
+    e.faults.append(flaky)
+    async with FakeCluster(e, ns), running_operator(operator_settings(ns, tmp_path / "absent")):
+        await e.apply_create(LM, ns, local_model("qwen", memory="3Gi", replicas=1))
+        await eventually(lambda: phase_is(kube_env, "qwen", "Ready"), "qwen Ready despite the errors", within=60)
+    assert met == set(refusals)  # every error was met on the way
+    deployments, services = children(kube_env, "qwen")
+    assert [d["metadata"]["name"] for d in deployments] == ["llmi-qwen"]
+    assert [s["metadata"]["name"] for s in services] == ["llmi-qwen"]
