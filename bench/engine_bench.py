@@ -184,22 +184,49 @@ def embed_floor(folder: Path, repeats: int) -> Row:
     }
 
 
-async def embed_server(url: str, model: str, repeats: int, path: str = "/v1/embeddings") -> Row:
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=32)) as client:
+EMBED_CALLS = 8  # per client and pass: 32 requests of 32 texts, 128 of one text
 
-        async def post(texts: list[str]) -> None:
-            (await client.post(path, json={"model": model, "input": texts})).raise_for_status()
 
-        async def clients(n: int, calls: int, texts: Callable[[int], list[str]]) -> None:
-            async def one(c: int) -> None:
-                for k in range(calls):
-                    await post(texts(c * calls + k))
+async def embed_servers(sides: dict[str, tuple[str, str, str]], repeats: int) -> dict[str, Row]:
+    """Every side (name: url, model, path) measured in alternating passes, A B, B A, ..., so that
+    a drift of the machine falls on both; the best pass of each is reported."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients_by_side = {
+            name: await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=32))
+            )
+            for name, (url, _, _) in sides.items()
+        }
 
-            await asyncio.gather(*(one(c) for c in range(n)))
+        async def one_pass(name: str) -> tuple[float, float]:
+            client, (_, model, path) = clients_by_side[name], sides[name]
 
-        t32, _ = await async_best_of(repeats, lambda: clients(4, 4, lambda _: SENTENCES))
-        t1, _ = await async_best_of(repeats, lambda: clients(16, 4, lambda i: [SENTENCES[i % 32]]))
-    return {"32 texts x c4 req/s": 16 / min(t32), "1 text x c16 texts/s": 64 / min(t1)}
+            async def clients(n: int, texts: Callable[[int], list[str]]) -> float:
+                async def one(c: int) -> None:
+                    for k in range(EMBED_CALLS):
+                        body = {"model": model, "input": texts(c * EMBED_CALLS + k)}
+                        (await client.post(path, json=body)).raise_for_status()
+
+                t0 = time.perf_counter()
+                await asyncio.gather(*(one(c) for c in range(n)))
+                return time.perf_counter() - t0
+
+            return await clients(4, lambda _: SENTENCES), await clients(16, lambda i: [SENTENCES[i % 32]])
+
+        names = list(sides)
+        for name in names:
+            await one_pass(name)  # untimed warm-up
+        passes: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+        for r in range(repeats):
+            for name in names if r % 2 == 0 else names[::-1]:
+                passes[name].append(await one_pass(name))
+    return {
+        name: {
+            "32 texts x c4 req/s": 4 * EMBED_CALLS / min(t for t, _ in runs),
+            "1 text x c16 texts/s": 16 * EMBED_CALLS / min(t for _, t in runs),
+        }
+        for name, runs in passes.items()
+    }
 
 
 # --------------------------------------------------------------------------- peers
@@ -320,13 +347,16 @@ def main(argv: list[str] | None = None) -> int:
             embed: dict[str, Any] = {"model": folder.name, "floor": embed_floor(folder, args.repeats)}
             rt = run_llmi(folder, logs, env)
             try:
-                embed["llmi"] = asyncio.run(embed_server(rt.url, rt.name, args.repeats))
+                with contextlib.ExitStack() as peers:
+                    sides = {"llmi": (rt.url, rt.name, "/v1/embeddings")}
+                    if args.infinity.is_file():
+                        cmd = [str(args.infinity), "v2", "--model-id", str(folder), "--port", "{port}"]
+                        cmd += ["--device", "cpu"]
+                        url = peers.enter_context(peer(cmd, "/health", logs / "infinity.log", env))
+                        sides["infinity"] = (url, str(folder), "/embeddings")
+                    embed.update(asyncio.run(embed_servers(sides, args.repeats)))
             finally:
                 rt.stop()
-            if args.infinity.is_file():
-                cmd = [str(args.infinity), "v2", "--model-id", str(folder), "--port", "{port}", "--device", "cpu"]
-                with peer(cmd, "/health", logs / "infinity.log", env) as url:
-                    embed["infinity"] = asyncio.run(embed_server(url, str(folder), args.repeats, "/embeddings"))
             result["embeddings"] = embed
     result["ratios"] = ratios(result)
     if args.json:
