@@ -49,6 +49,7 @@ import httpx
 import torch
 import transformers
 
+from bench.runtime_bench import timed
 from llmi_router.embedded.process import free_port
 from tests.servers import poll_ready, runtime_env, start_runtime, stop_process
 from tests.tiny_models import BUILDERS
@@ -61,17 +62,6 @@ PROMPTS = [
 ]
 SENTENCES = [f"Sentence {i}: the quick brown fox jumps over the lazy dog number {i}." for i in range(32)]
 Row = dict[str, Any]
-
-
-def best_of(repeats: int, fn: Callable[[], Any]) -> tuple[list[float], Any]:
-    """Wall times of ``repeats`` runs after one warm-up, and the last result."""
-    result = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return times, result
 
 
 async def async_best_of(repeats: int, fn: Callable[[], Awaitable[Any]]) -> tuple[list[float], Any]:
@@ -107,9 +97,9 @@ def chat_floor(folder: Path, tokens: int, repeats: int) -> tuple[Row, list[list[
                 **enc, do_sample=False, max_new_tokens=new, min_new_tokens=new, pad_token_id=tok.pad_token_id
             )
 
-    one, _ = best_of(repeats, lambda: run(texts[:1], tokens))
-    four, _ = best_of(repeats, lambda: run(texts, tokens))
-    first, _ = best_of(repeats, lambda: run(texts[:1], 1))
+    one, _ = timed(lambda: run(texts[:1], tokens), repeats)
+    four, _ = timed(lambda: run(texts, tokens), repeats)
+    first, _ = timed(lambda: run(texts[:1], 1), repeats)
     row = {
         "generate 1 stream tok/s": tokens / min(one),
         "generate batched x4 tok/s": 4 * tokens / min(four),
@@ -174,9 +164,9 @@ def embed_floor(folder: Path, repeats: int) -> Row:
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
-    t32, _ = best_of(repeats, lambda: [model.encode(SENTENCES, batch_size=32) for _ in range(8)])
-    t16, _ = best_of(repeats, lambda: [model.encode(SENTENCES[:16], batch_size=16) for _ in range(8)])
-    t1, _ = best_of(repeats, lambda: [model.encode(SENTENCES[i : i + 1]) for i in range(16)])
+    t32, _ = timed(lambda: [model.encode(SENTENCES, batch_size=32) for _ in range(8)], repeats)
+    t16, _ = timed(lambda: [model.encode(SENTENCES[:16], batch_size=16) for _ in range(8)], repeats)
+    t1, _ = timed(lambda: [model.encode(SENTENCES[i : i + 1]) for i in range(16)], repeats)
     return {
         "encode 32 texts req/s": 8 / min(t32),
         "encode 16x1 batched texts/s": 8 * 16 / min(t16),

@@ -21,6 +21,8 @@ from llmi.localmodel import (
     ANNOTATION_DRAIN,
     ANNOTATION_EVICTED_BY,
     Drain,
+    DrainState,
+    Report,
     busy,
     drain_of,
     drain_state,
@@ -167,19 +169,24 @@ def plan_pass(
     return _decided(inputs, cluster, demand, service, deployment, own_patch, timing)
 
 
+def _drain_state(drain: Drain, reports: tuple[Report, ...], now: float, timing: Timing) -> DrainState:
+    """Whether a victim marked ``drain`` may stop, from the routers' in-flight reports."""
+    return drain_state(
+        drain,
+        reports,
+        now,
+        grace_s=timing.drain_grace_s,
+        stale_s=timing.report_stale_s,
+        timeout_s=timing.drain_timeout_s,
+    )
+
+
 def _draining(
     inputs: ModelInputs, drain: Drain, running: Placed, service: dict[str, Any], deployment: Any, timing: Timing
 ) -> Plan:
     """A victim's own pass: it keeps serving what it has; once drained (or timed out) it stops."""
     reports = reports_of((inputs.body.get("metadata") or {}).get("annotations") or {})
-    state = drain_state(
-        drain,
-        reports,
-        inputs.now,
-        grace_s=timing.drain_grace_s,
-        stale_s=timing.report_stale_s,
-        timeout_s=timing.drain_timeout_s,
-    )
+    state = _drain_state(drain, reports, inputs.now, timing)
     if state != "draining":
         victim = _stop(inputs.body, drain.for_model, running.node, state, inputs.now, timing)
         outcome = Outcome("Evicted", "Evicted", f"scaled to zero to make room for {drain.for_model}")
@@ -326,14 +333,7 @@ def _waiting_for(
         drain = drain_of(annotations)
         assert drain is not None
         reports = reports_of(annotations)
-        state = drain_state(
-            drain,
-            reports,
-            inputs.now,
-            grace_s=timing.drain_grace_s,
-            stale_s=timing.report_stale_s,
-            timeout_s=timing.drain_timeout_s,
-        )
+        state = _drain_state(drain, reports, inputs.now, timing)
         node = (body.get("status") or {}).get("node")
         if state == "draining":
             left.append(f"{name} ({busy(reports, inputs.now, timing.report_stale_s)} in flight)")

@@ -210,16 +210,11 @@ async def wake(url: str, client: httpx.AsyncClient) -> None:
     response.raise_for_status()
 
 
-class ProcessLauncher:
-    """Starts a fresh `llmi runtime` interpreter per model (the fallback when runtimes are not warm)."""
+class RuntimeClient:
+    """What a launcher asks of a started runtime over its HTTP API: readiness, memory, park, wake."""
 
     def __init__(self) -> None:
         self._client = httpx.AsyncClient()
-
-    async def start(self, spec: RuntimeSpec) -> RuntimeHandle:
-        return await spawn_runtime(
-            spec.name, spec.path, spec.model_type, spec.placement, spec.max_gpu_memory, dict(spec.env)
-        )
 
     async def wait_ready(self, handle: RuntimeHandle, deadline_s: float) -> float:
         return await wait_ready(handle, deadline_s, self._client)
@@ -233,8 +228,17 @@ class ProcessLauncher:
     async def wake(self, handle: RuntimeHandle) -> None:
         await wake(handle.url, self._client)
 
-    def reserved_bytes(self) -> int:
-        return 0
-
     async def close(self) -> None:
         await self._client.aclose()
+
+
+class ProcessLauncher(RuntimeClient):
+    """Starts a fresh `llmi runtime` interpreter per model (the fallback when runtimes are not warm)."""
+
+    async def start(self, spec: RuntimeSpec) -> RuntimeHandle:
+        return await spawn_runtime(
+            spec.name, spec.path, spec.model_type, spec.placement, spec.max_gpu_memory, dict(spec.env)
+        )
+
+    def reserved_bytes(self) -> int:
+        return 0

@@ -12,20 +12,15 @@ import asyncio
 import logging
 import os
 
-import httpx
-
 from llmi_router.embedded.forkclient import ForkServerClient, ForkServerGone, pss_bytes
 from llmi_router.embedded.launch import Launcher, RuntimeSpec
 from llmi_router.embedded.process import (
     ProcessLauncher,
+    RuntimeClient,
     RuntimeHandle,
     free_port,
-    measure,
-    park,
     runtime_argv,
     spawn_runtime,
-    wait_ready,
-    wake,
 )
 
 log = logging.getLogger("llmi.supervisor")
@@ -34,12 +29,12 @@ BACKGROUND_NICE = 10  # the fork server's priority while nobody waits for it
 RESTART_DELAYS_S = (1.0, 5.0, 30.0, 120.0)
 
 
-class WarmLauncher:
+class WarmLauncher(RuntimeClient):
     """Forks each runtime from a pre-imported fork server; cold `llmi runtime` when there is none."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
+        super().__init__()
         self._env = dict(os.environ) if env is None else env
-        self._client = httpx.AsyncClient()
         self._server: ForkServerClient | None = None  # ready
         self._spawning: ForkServerClient | None = None  # still importing
         self._hurry = False  # someone waits for the boot under way: let it import at full priority
@@ -126,18 +121,6 @@ class WarmLauncher:
                 log.warning("warm runtimes: fork server failed to start %s (%s); starting it cold", name, exc)
         return await spawn_runtime(name, *args, env)
 
-    async def wait_ready(self, handle: RuntimeHandle, deadline_s: float) -> float:
-        return await wait_ready(handle, deadline_s, self._client)
-
-    async def measure(self, handle: RuntimeHandle) -> int | None:
-        return await measure(handle.url, self._client)
-
-    async def park(self, handle: RuntimeHandle) -> int | None:
-        return await park(handle.url, self._client)
-
-    async def wake(self, handle: RuntimeHandle) -> None:
-        await wake(handle.url, self._client)
-
     def reserved_bytes(self) -> int:
         """The fork server's own PSS; pages its children still share with it are split between them."""
         server = self._live() or self._spawning
@@ -150,7 +133,7 @@ class WarmLauncher:
             await asyncio.wait({self._booting})
         if self._server is not None:
             await self._server.close()
-        await self._client.aclose()
+        await super().close()
 
 
 async def _fork(server: ForkServerClient, name: str, port: int, argv: list[str], env: dict[str, str]) -> RuntimeHandle:

@@ -34,7 +34,26 @@ def llm_rerank_text(query: str, document: str, instruction: str | None) -> str:
     return f"<Instruct>: {instruction or DEFAULT_INSTRUCTION}\n<Query>: {query}\n<Document>: {document}"
 
 
-class CrossEncoderEngine:
+class PairScorer:
+    """``score`` over an engine's ``prepare`` (tokenizing, off the model's thread) and ``forward``
+    (the model's thread, batched across requests), which return (score, raw score) pairs."""
+
+    def prepare(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[Row]:
+        raise NotImplementedError
+
+    def forward(self, rows: list[Row]) -> list[tuple[float, float]]:
+        raise NotImplementedError
+
+    def score(
+        self, query: str, documents: Sequence[str], instruction: str | None = None, raw: bool = False
+    ) -> tuple[list[float], int]:
+        """Relevance in [0, 1]; with ``raw``, the engine's raw score (TEI's raw_scores): the logit
+        for "relevant" of a cross-encoder, logit(yes) - logit(no) of an LLM judge."""
+        rows = self.prepare(query, documents, instruction)
+        return [pair[1] if raw else pair[0] for pair in self.forward(rows)], sum(len(r) for r in rows)
+
+
+class CrossEncoderEngine(PairScorer):
     model_type = ModelType.RERANKER
     style = "cross-encoder"
 
@@ -55,13 +74,6 @@ class CrossEncoderEngine:
         tokenizer = self.model.tokenizer
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.pad_left = getattr(tokenizer, "padding_side", "right") == "left"
-
-    def score(
-        self, query: str, documents: Sequence[str], instruction: str | None = None, raw: bool = False
-    ) -> tuple[list[float], int]:
-        """Relevance in [0, 1]; with ``raw``, the model's logit for "relevant" (TEI's raw_scores)."""
-        rows = self.prepare(query, documents, instruction)
-        return [pair[1] if raw else pair[0] for pair in self.forward(rows)], sum(len(r) for r in rows)
 
     def prepare(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[Row]:
         """Tokenized (query, document) pairs, off the model's thread; a row's length is its token count."""
@@ -91,7 +103,7 @@ class CrossEncoderEngine:
         return {**module_facts(self.model, self.device, self.placement), "style": self.style}
 
 
-class CausalLMRerankEngine:
+class CausalLMRerankEngine(PairScorer):
     model_type = ModelType.RERANKER
     style = "causal-lm-yes-no"
 
@@ -110,13 +122,6 @@ class CausalLMRerankEngine:
         self.max_length = min(max_length, int(limit))
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
-
-    def score(
-        self, query: str, documents: Sequence[str], instruction: str | None = None, raw: bool = False
-    ) -> tuple[list[float], int]:
-        """softmax([no, yes]); with ``raw``, the log-odds logit(yes) - logit(no)."""
-        rows = self.prepare(query, documents, instruction)
-        return [pair[1] if raw else pair[0] for pair in self.forward(rows)], sum(len(r) for r in rows)
 
     def prepare(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[Row]:
         """The judging prompt of each document, tokenized off the model's thread."""
