@@ -175,7 +175,8 @@ def plan(budget: Budget, loaded: Sequence[Loaded], name: str, type: ModelType, f
     excess = len(same_type) - (budget.cache_size_per_type - 1)
     idle_same_type = [m for m in same_type if m.evictable]
     if excess > len(idle_same_type):
-        return Wait(f"{type} models are busy or loading (at most {budget.cache_size_per_type} stay loaded)")
+        busy = ", ".join(m.name for m in same_type if not m.evictable)
+        return Wait(f"{type} models {busy} are busy or loading (at most {budget.cache_size_per_type} stay loaded)")
     victims = idle_same_type[: max(excess, 0)]
     chosen = {m.name for m in victims}
     free = budget.total_bytes - sum(m.footprint_bytes for m in loaded) + sum(m.footprint_bytes for m in victims)
@@ -186,5 +187,6 @@ def plan(budget: Budget, loaded: Sequence[Loaded], name: str, type: ModelType, f
             victims.append(model)
             free += model.footprint_bytes
     if free < footprint_bytes:
-        return Wait(f"{name} needs {gib(footprint_bytes)}; busy or loading models hold the room")
+        holders = ", ".join(m.name for m in by_lru if not m.evictable and not m.pinned and m.footprint_bytes > 0)
+        return Wait(f"{name} needs {gib(footprint_bytes)}; {holders or 'busy or loading models'} hold the room")
     return Load(tuple(m.name for m in sorted(victims, key=lru_key)))

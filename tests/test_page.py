@@ -85,7 +85,7 @@ def test_the_page_follows_a_load_and_an_eviction_live(serve: ServeProcess) -> No
 
     try:
         driver.get(f"{serve.url}/")
-        assert state("tiny-bert-embed") == "available"
+        wait.until(lambda _: state("tiny-bert-embed") == "available")  # drawn from the first event
         assert driver.find_element(By.ID, "planned").value_of_css_property("width") in ("0px", "0")
         with httpx.Client(timeout=120) as client:
             assert (

@@ -170,6 +170,10 @@ async def test_budget_evicts_the_least_recently_used_and_waits_for_its_pod(kube_
         )
         assert waiting["phase"] == "Loading"
         assert waiting["node"] == "node-a"
+        held = await eventually(
+            lambda: "hold the room" in status(kube_env, "m4").get("message", "") and status(kube_env, "m4"), "on hold"
+        )
+        assert "m5" in held["message"], "the message names what holds the room"
         assert e.find(LM, ns, "m5")["spec"]["replicas"] == 0  # type: ignore[index]
         assert e.find_all(PODS, ns, "fake/deployment=llmi-m5"), "m5's pod is still there"
         assert e.find(DEPLOYMENTS, ns, "llmi-m4")["spec"]["replicas"] == 0  # type: ignore[index]
