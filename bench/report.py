@@ -95,6 +95,11 @@ def router_rows(raw: dict[str, Any]) -> list[Row]:
         peer_cpu = _get(litellm, "proxy CPU per request", "litellm")
         rows.append(Row("router", "router CPU per request", cpu["router"], peer_cpu, "LiteLLM proxy", "ms",
                         cpu["router"], 0.4, "max", "<= 0.4 ms"))  # fmt: skip
+    label = next((k for k in router if k.startswith("proxy CPU per stream")), None)
+    if label is not None:
+        rows.append(Row("router", f"router {label[len('proxy '):]}", router[label]["router"],
+                        _get(litellm, label, "litellm"), "LiteLLM proxy", "ms", router[label]["router"], math.nan,
+                        "max", "context"))  # fmt: skip
     return rows
 
 

@@ -56,7 +56,7 @@ class ApiKeyMiddleware:
         if scope["type"] not in ("http", "websocket") or not self.digests or scope["path"] in self.open:
             await self.app(scope, receive, send)
             return
-        offered = _offered(scope)
+        offered = offered_key(scope.get("headers", []))
         if offered is not None and self.allowed(offered):
             await self.app(scope, receive, send)
             return
@@ -86,8 +86,8 @@ class ApiKeyMiddleware:
         return ok
 
 
-def _offered(scope: Scope) -> str | None:
-    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+def offered_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key a request offers (lower-case header names, as ASGI and the front give them)."""
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")

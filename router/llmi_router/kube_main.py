@@ -51,5 +51,4 @@ def run_router(args: argparse.Namespace, settings: Settings) -> int:
         namespace,
         configuration.host,
     )
-    serve_app(app, settings)
-    return 0
+    return serve_app(app, settings)

@@ -96,8 +96,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     if not first.entries:
         log.warning("%s", hint)
     app = build_router_app(supervisor, settings, metrics, background=background, startup=startup, empty_hint=hint)
-    serve_app(app, settings)
-    return 0
+    return serve_app(app, settings)
 
 
 def first_run_hint(models_dir: Path, settings: Settings) -> str:

@@ -87,6 +87,8 @@ class Supervisor:
         self._created: dict[str, int] = {}
         self._inbox: deque[tuple[s.Event, asyncio.Future[list[asyncio.Task[Any]]] | None]] = deque()
         self._wakeup = asyncio.Event()
+        self._sleeping_until: float | None = None  # the owner's timer while it waits (None: no timer)
+        self._applying = False  # an event is going through step() now: another one waits its turn
         self._changed = asyncio.Event()
         self._owner: asyncio.Task[None] | None = None
         self._futures: dict[int, asyncio.Future[OnceLease]] = {}
@@ -147,7 +149,9 @@ class Supervisor:
         wid = next_waiter_id()
         future: asyncio.Future[OnceLease] = asyncio.get_running_loop().create_future()
         self._futures[wid] = future
-        self.post(s.Want(wid, model))
+        self._post_hot(s.Want(wid, model))
+        if future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()  # granted at once: a ready model
         try:
             async with asyncio.timeout(deadline_s):
                 return await future
@@ -305,6 +309,18 @@ class Supervisor:
         self._inbox.append((event, None))
         self._wakeup.set()
 
+    def _post_hot(self, event: s.Event) -> None:
+        """A request's own event (want, release), applied at once when nothing is queued before it:
+        the same order as the owner would apply it, without a task switch each way. The owner is
+        woken only when the event brings its next timer forward (an idle timeout that starts)."""
+        if self._inbox or self._applying or self._owner is None or self._owner.done():
+            self.post(event)
+            return
+        self._apply(event)
+        wake = next_wakeup(self.world, self.clock(), self.config)
+        if wake is not None and (self._sleeping_until is None or wake < self._sleeping_until):
+            self._wakeup.set()
+
     async def _call(self, event: s.Event) -> list[asyncio.Task[Any]]:
         """Post an event and wait until the owner has applied it."""
         self._ensure_owner()
@@ -321,26 +337,35 @@ class Supervisor:
         while True:
             while not self._inbox:
                 self._wakeup.clear()
-                wake = next_wakeup(self.world, self.clock(), self.config)
+                wake = self._sleeping_until = next_wakeup(self.world, self.clock(), self.config)
                 try:
                     async with asyncio.timeout(None if wake is None else max(0.001, wake - self.clock())):
                         await self._wakeup.wait()
                 except TimeoutError:
                     self._inbox.append((s.Tick(), None))
+                finally:
+                    self._sleeping_until = None
             event, ack = self._inbox.popleft()
-            spawned: list[asyncio.Task[Any]] = []
-            try:
-                if not isinstance(event, s.Want | s.Release | s.Cancel):  # not on the hot path: it reads /proc
-                    self.config = replace(self.config, reserved_bytes=self._reserved())
-                self.world, effects = step(self.world, event, self.clock(), self.config)
-                spawned = [t for t in (self._do(effect) for effect in effects) if t is not None]
-                self._publish()
-            except Exception:
-                log.exception("supervisor: could not apply %s", event)
-            finally:
-                if ack is not None and not ack.done():
-                    ack.set_result(spawned)
-                self._changed.set()
+            spawned = self._apply(event)
+            if ack is not None and not ack.done():
+                ack.set_result(spawned)
+
+    def _apply(self, event: s.Event) -> list[asyncio.Task[Any]]:
+        """One event through the transition function, and its effects; synchronous throughout."""
+        spawned: list[asyncio.Task[Any]] = []
+        self._applying = True
+        try:
+            if not isinstance(event, s.Want | s.Release | s.Cancel):  # not on the hot path: it reads /proc
+                self.config = replace(self.config, reserved_bytes=self._reserved())
+            self.world, effects = step(self.world, event, self.clock(), self.config)
+            spawned = [t for t in (self._do(effect) for effect in effects) if t is not None]
+            self._publish()
+        except Exception:
+            log.exception("supervisor: could not apply %s", event)
+        finally:
+            self._applying = False
+            self._changed.set()
+        return spawned
 
     def _reserved(self) -> int:
         # A launcher's own memory is host memory: it counts where the budget is host memory.
@@ -353,7 +378,7 @@ class Supervisor:
                 if future is None or future.done():
                     self.post(s.Release(model))  # the caller left in the meantime
                 else:
-                    future.set_result(OnceLease(url, functools.partial(self.post, s.Release(model))))
+                    future.set_result(OnceLease(url, functools.partial(self._post_hot, s.Release(model))))
             case s.Refuse(waiter=wid):
                 future = self._futures.pop(wid, None)
                 if future is not None and not future.done():

@@ -1,0 +1,64 @@
+"""Which way each request takes through the front door.
+
+Straight to a ready model's runtime when routing is all the router has to do: a public POST
+whose ``model`` is ready now and served by the transformers engine, with an accepted key. The
+runtime validates the body itself, as it does behind the app. Everything else goes to the router
+app, which checks strictly, loads, queues, refuses and answers in full; a fast request whose
+runtime cannot be reached before any byte falls back there too (the app retries a dead runtime).
+"""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import ValidationError
+
+from llmi.auth import ApiKeyMiddleware, offered_key
+from llmi.errors import LlmiError
+from llmi_router.app import ROUTES, Gateway, RouteFields
+from llmi_router.front import Addresses, Request, Route
+
+_RUNTIME_HEAD = (
+    b"POST %s HTTP/1.1\r\nhost: llmi-runtime\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+)
+
+
+class GatewayDispatch:
+    """The front's ``Dispatch`` for one router app listening on ``app_address``."""
+
+    def __init__(self, gateway: Gateway, app_address: str, keys: ApiKeyMiddleware | None) -> None:
+        self.gateway = gateway
+        self.app_address = app_address
+        self.keys = keys if keys is not None and keys.digests else None
+        self.addresses = Addresses()
+
+    async def __call__(self, request: Request) -> Route:
+        slow = Route(self.app_address, request.head_for())
+        path = request.path
+        if request.method != "POST" or request.version != "1.1" or path not in ROUTES or b"?" in request.target:
+            return slow
+        if self.keys is not None:
+            offered = offered_key(request.headers)
+            if offered is None or not self.keys.allowed(offered):
+                return slow  # the app answers 401
+        gateway = self.gateway
+        try:
+            model = RouteFields.model_validate_json(request.body).model
+        except ValidationError:
+            return slow
+        if model is None or gateway.probe is None or not gateway.probe.is_ready(model) or gateway.vllm_serves(model):
+            return slow
+        t0 = time.perf_counter()
+        try:
+            gateway.check_endpoint(model, path)  # a known model (it is ready) of a type that serves path
+            lease = await gateway.control.acquire(model, gateway.settings.queue_timeout_s)
+        except LlmiError:
+            return slow  # the app answers it in full
+        head = _RUNTIME_HEAD % (path.encode(), len(request.body))
+        return Route(
+            self.addresses.of(lease.url),
+            head,
+            lease.release,
+            finished=lambda status: gateway.count_known(model, path, status, t0),
+            fallback=slow,
+        )
