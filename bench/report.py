@@ -222,7 +222,8 @@ def markdown(results: dict[str, Any], rows: list[Row], chart: str | None) -> str
         lines.append(f"- missing: {name} ({why})")
     for name, b in (results.get("benches") or {}).items():
         state = "ok" if b.get("rc") == 0 else f"FAILED (exit {b.get('rc')}): {b.get('error', '')[-300:]}"
-        lines.append(f"- bench {name}: {b.get('seconds', 0):.0f} s, {state}; `{b.get('command', '')}`")
+        rerun = f" (rerun alone at {b['commit']}, {b.get('date', '')})" if b.get("commit") else ""
+        lines.append(f"- bench {name}: {b.get('seconds', 0):.0f} s, {state}{rerun}; `{b.get('command', '')}`")
     return "\n".join(lines) + "\n"
 
 
