@@ -1,0 +1,130 @@
+"""Which way the front sends a request: straight to a runtime only when routing is all there is to
+do (a public POST, a ready transformers model of the right type, an accepted key); everything
+that needs the app (a load, a refusal, vLLM's error mapping, a 401) goes to the app unchanged."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from llmi.auth import ApiKeyMiddleware
+from llmi.errors import TooManyRequests
+from llmi.protocol.models import ModelCard
+from llmi.settings import Settings
+from llmi_router.app import Gateway
+from llmi_router.dispatch import GatewayDispatch
+from llmi_router.front import Request
+from llmi_router.metrics import RouterMetrics
+from llmi_router.ports import OnceLease
+
+APP = "/tmp/app.sock"
+
+
+@dataclass
+class Control:
+    ready: set[str] = field(default_factory=lambda: {"embed", "chat", "served-by-vllm"})
+    busy: set[str] = field(default_factory=set)
+    released: list[str] = field(default_factory=list)
+
+    async def acquire(self, model: str, deadline_s: float) -> OnceLease:
+        if model in self.busy:
+            raise TooManyRequests("busy", retry_after=1)
+        return OnceLease("http://127.0.0.1:4321", lambda: self.released.append(model))
+
+    def model_type(self, model: str) -> str | None:
+        types = {"embed": "embedding", "chat": "chat", "cold": "embedding", "served-by-vllm": "chat"}
+        return types.get(model)
+
+    def is_ready(self, model: str) -> bool:
+        return model in self.ready
+
+    def engine(self, model: str) -> str | None:
+        return "vllm" if model == "served-by-vllm" else "transformers"
+
+    def describe(self) -> list[ModelCard]:
+        return []
+
+    def health(self) -> dict[str, Any]:
+        return {}
+
+    async def forget_if_dead(self, model: str, url: str) -> bool:
+        return False
+
+    async def close(self) -> None:
+        pass
+
+
+def request(path: str, body: Any, *headers: tuple[bytes, bytes], method: str = "POST", version: str = "1.1") -> Request:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Request(method, path.encode(), version, list(headers), raw, True)
+
+
+def dispatcher(control: Control, keys: frozenset[str] = frozenset()) -> GatewayDispatch:
+    gateway = Gateway(control, Settings(), RouterMetrics())
+    return GatewayDispatch(gateway, APP, ApiKeyMiddleware(None, keys) if keys else None)  # type: ignore[arg-type]
+
+
+EMBED = {"model": "embed", "input": "hi"}
+
+
+async def test_a_ready_model_goes_straight_to_its_runtime_with_the_body_unchanged() -> None:
+    control = Control()
+    route = await dispatcher(control)(request("/v1/embeddings", EMBED, (b"authorization", b"Bearer x")))
+    assert route.address == ("127.0.0.1", 4321)
+    assert route.head.startswith(b"POST /v1/embeddings HTTP/1.1\r\n")
+    assert b"content-length: %d\r\n" % len(json.dumps(EMBED)) in route.head
+    assert b"authorization" not in route.head, "the runtime gets no client credentials"
+    assert route.fallback is not None
+    assert route.fallback.address == APP
+    route.release()
+    route.release()
+    assert control.released == ["embed"], "released exactly once"
+
+
+@pytest.mark.parametrize(
+    ("why", "req"),
+    [
+        ("a model that is not loaded: the app loads it", request("/v1/embeddings", {"model": "cold", "input": "x"})),
+        ("an unknown model: the app answers 404", request("/v1/embeddings", {"model": "nope", "input": "x"})),
+        ("the wrong type: the app answers 400", request("/v1/chat/completions", EMBED)),
+        ("vLLM's errors need the app's mapping", request("/v1/chat/completions", {"model": "served-by-vllm"})),
+        ("not JSON: the app names the problem", request("/v1/embeddings", b"{nope")),
+        ("no model: the app decides", request("/v1/embeddings", {"input": "x"})),
+        ("a GET", request("/v1/models", b"", method="GET")),
+        ("not a public inference path", request("/v1/admin/unload", EMBED)),
+        ("a query string", request("/v1/embeddings?x=1", EMBED)),
+        ("HTTP/1.0", request("/v1/embeddings", EMBED, version="1.0")),
+    ],
+)
+async def test_everything_else_goes_to_the_app_unchanged(why: str, req: Request) -> None:
+    route = await dispatcher(Control())(req)
+    assert route.address == APP, why
+    assert route.head == req.head_for()
+    assert route.fallback is None
+
+
+async def test_a_refused_lease_goes_to_the_app_which_answers_it() -> None:
+    route = await dispatcher(Control(busy={"embed"}))(request("/v1/embeddings", EMBED))
+    assert route.address == APP
+
+
+async def test_keys_are_checked_before_the_fast_path() -> None:
+    dispatch = dispatcher(Control(), keys=frozenset({"sk-good"}))
+    good = await dispatch(request("/v1/embeddings", EMBED, (b"authorization", b"Bearer sk-good")))
+    assert good.address == ("127.0.0.1", 4321)
+    for headers in [(), ((b"authorization", b"Bearer sk-bad"),), ((b"x-api-key", b"wrong"),)]:
+        route = await dispatch(request("/v1/embeddings", EMBED, *headers))
+        assert route.address == APP, "the app answers 401"
+    assert (await dispatch(request("/v1/embeddings", EMBED, (b"x-api-key", b"sk-good")))).address != APP
+
+
+async def test_a_fast_request_is_counted_under_its_model() -> None:
+    control = Control()
+    dispatch = dispatcher(control)
+    route = await dispatch(request("/v1/embeddings", EMBED))
+    route.finished(200)
+    labels = {"model": "embed", "endpoint": "/v1/embeddings", "status": "200"}
+    assert dispatch.gateway.metrics.registry.get_sample_value("llmi_requests_total", labels) == 1
