@@ -309,3 +309,25 @@ async def _until(check: Any) -> None:
     from tests.kube_fixtures import eventually
 
     await eventually(check, "the condition")
+
+
+@aio
+async def test_an_upgrade_is_answered_as_plain_http_or_refused_when_it_carries_a_body() -> None:
+    async with env() as e:
+        upgrade = b"POST /fast HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: h2c\r\n"
+        out = await exchange(e.port, upgrade + b"\r\n")  # reads until the front closes
+        assert out.startswith(b"HTTP/1.1 200")
+        assert json.loads(out.split(b"\r\n\r\n", 1)[1])["by"] == "runtime"
+        out = await exchange(e.port, upgrade + b"content-length: 2\r\n\r\nhi")
+        assert out.startswith(b"HTTP/1.1 400")
+        assert json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "upgrade_not_supported"
+        assert all(body != b"hi" for _, body, _ in e.runtime.seen)
+
+
+@aio
+async def test_a_head_too_large_gets_431_once() -> None:
+    async with env() as e:
+        raw = b"POST /fast HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 70_000 + b"\r\ncontent-length: 99999\r\n\r\n"
+        out = await exchange(e.port, raw)
+        assert out.startswith(b"HTTP/1.1 431")
+        assert out.count(b"HTTP/1.1") == 1

@@ -442,6 +442,11 @@ class Client(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._refused:
             return
+        if self.parser.should_upgrade() and self._header(b"content-length") not in (None, b"0"):
+            # The parser hands what follows an upgrade's head to the new protocol, not as a body.
+            message = "Protocol upgrades are not supported: send the request without an Upgrade header."
+            self._refuse(reply(400, message, "upgrade_not_supported"))
+            return
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = Request(
             self.parser.get_method().decode("latin-1"),
@@ -479,6 +484,8 @@ class Client(asyncio.Protocol):
 
     def _refuse(self, response: bytes) -> None:
         """Answer what came before, then this, then close (the rest of the input is not read)."""
+        if self._refused:
+            return
         self._refused = True
         if self.task is None:
             self.write(response)
