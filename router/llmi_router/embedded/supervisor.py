@@ -16,7 +16,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,7 @@ class Supervisor:
         self._ops: dict[str, asyncio.Task[None]] = {}
         self._busy: set[asyncio.Task[Any]] = set()
         self._published: dict[str, tuple[s.Slot, int]] = {}  # what the gauges show, by model
+        self._series: dict[str, _Series] = {}
         metrics.budget_bytes.set(budget.total_bytes)
         metrics.planned_bytes.set_function(lambda: float(self.world.planned_bytes()))
 
@@ -317,6 +318,8 @@ class Supervisor:
             self.post(event)
             return
         self._apply(event)
+        if isinstance(event, s.Want) and event.waiter not in self._futures:
+            return  # granted at once: in flight now, so no idle timer of this model can start
         wake = next_wakeup(self.world, self.clock(), self.config)
         if wake is not None and (self._sleeping_until is None or wake < self._sleeping_until):
             self._wakeup.set()
@@ -533,8 +536,9 @@ class Supervisor:
     # -- helpers ------------------------------------------------------------------------------
 
     def _publish(self) -> None:
-        """Set the gauges of the models whose slot or queue changed (two events a request: setting
-        every gauge of every model each time was a tenth of the router's CPU per request)."""
+        """Set the gauges that changed (two events a request: setting every gauge of every model
+        each time was a tenth of the router's CPU per request; finding a labelled series is kept
+        out of the hot path too)."""
         m = self.metrics
         queued: dict[str, int] = {}
         for waiter in self.world.waiters:
@@ -545,18 +549,26 @@ class Supervisor:
             if shown is not None and shown[0] is slot and shown[1] == waiting:
                 continue
             self._published[name] = (slot, waiting)
-            m.queue.labels(name).set(waiting)
-            if shown is not None and _gauged(shown[0]) == _gauged(slot):
-                continue  # only the queue changed, or fields no gauge shows
-            m.memory_estimated.labels(name).set(slot.entry.memory_bytes)
-            if slot.measured is not None:
+            series = self._series.get(name)
+            if series is None:
+                series = self._series[name] = _Series(
+                    m.queue.labels(name), m.memory_estimated.labels(name), m.in_flight.labels(name)
+                )
+            if shown is None or shown[1] != waiting:
+                series.queue.set(waiting)
+            before = shown[0] if shown is not None else None
+            if before is None or before.in_flight != slot.in_flight:
+                series.in_flight.set(slot.in_flight)
+            if before is None or before.entry.memory_bytes != slot.entry.memory_bytes:
+                series.estimated.set(slot.entry.memory_bytes)
+            if slot.measured is not None and (before is None or before.measured != slot.measured):
                 m.memory_measured.labels(name).set(slot.measured)
-            m.in_flight.labels(name).set(slot.in_flight)
-            if shown is None or shown[0].state is not slot.state:
+            if before is None or before.state is not slot.state:
                 for state in s.State:
                     m.state.labels(name, state.value).set(1 if slot.state is state else 0)
         for name in [n for n in self._published if n not in self.world.slots]:
             del self._published[name]
+            self._series.pop(name, None)
 
     def _note(self, note: s.Note) -> None:
         self._log(note)
@@ -647,6 +659,10 @@ def _wall(monotonic_time: float, clock: Callable[[], float]) -> float:
     return round(time.time() - (clock() - monotonic_time), 3)
 
 
-def _gauged(slot: s.Slot) -> tuple[object, ...]:
-    """What the per-model gauges show of a slot."""
-    return (slot.state, slot.in_flight, slot.measured, slot.entry.memory_bytes)
+@dataclass(frozen=True)
+class _Series:
+    """A model's gauges that change with its requests, found once."""
+
+    queue: Any
+    estimated: Any
+    in_flight: Any

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 
 from llmi_router.embedded.forkclient import ForkServerClient, ForkServerGone, pss_bytes
 from llmi_router.embedded.launch import Launcher, RuntimeSpec
@@ -27,6 +28,7 @@ log = logging.getLogger("llmi.supervisor")
 READY_TIMEOUT_S = 300.0
 BACKGROUND_NICE = 10  # the fork server's priority while nobody waits for it
 RESTART_DELAYS_S = (1.0, 5.0, 30.0, 120.0)
+PSS_MAX_AGE_S = 10.0
 
 
 class WarmLauncher(RuntimeClient):
@@ -41,6 +43,7 @@ class WarmLauncher(RuntimeClient):
         self._booting: asyncio.Task[ForkServerClient | None] | None = None
         self._failures = 0  # boots in a row that did not reach ready; reset by a good one
         self._closed = False
+        self._pss: tuple[int, float, int] | None = None  # (server pid, read at, PSS)
 
     def prepare(self) -> None:
         """Start the fork server in the background, if it is not running or starting already."""
@@ -116,15 +119,26 @@ class WarmLauncher(RuntimeClient):
             port = free_port()
             argv = runtime_argv(name, *args, port)
             try:
+                self._pss = None  # a new child shares the server's pages: its PSS changes
                 return await _fork(server, name, port, argv, env)
             except ForkServerGone as exc:
                 log.warning("warm runtimes: fork server failed to start %s (%s); starting it cold", name, exc)
         return await spawn_runtime(name, *args, env)
 
     def reserved_bytes(self) -> int:
-        """The fork server's own PSS; pages its children still share with it are split between them."""
+        """The fork server's own PSS; pages its children still share with it are split between them.
+
+        Read again after a fork or at most every PSS_MAX_AGE_S: reading smaps_rollup of a process
+        that holds the libraries takes milliseconds, and the figure moves only as children come
+        and go (a child's exit frees far more than the share it leaves to the server)."""
         server = self._live() or self._spawning
-        return pss_bytes(server.pid) if server is not None else 0
+        if server is None:
+            return 0
+        now = time.monotonic()
+        cached = self._pss
+        if cached is None or cached[0] != server.pid or now - cached[1] > PSS_MAX_AGE_S:
+            cached = self._pss = (server.pid, now, pss_bytes(server.pid))
+        return cached[2]
 
     async def close(self) -> None:
         self._closed = True
