@@ -31,6 +31,7 @@ Address = tuple[str, int] | str  # (host, port), or the path of a Unix socket
 MAX_HEAD_BYTES = 64 * 1024
 MAX_PIPELINED = 16  # requests parsed ahead of their answers before reading pauses
 IDLE_PER_ADDRESS = 64  # keep-alive connections kept per upstream
+HOLD_MAX_BYTES = 256 * 1024  # answers up to this long go to the client in one write
 HOP = frozenset(
     {b"connection", b"keep-alive", b"content-length", b"transfer-encoding", b"expect", b"te", b"upgrade", b"trailer"}
 )
@@ -193,8 +194,10 @@ class Pool:
 
 
 class Exchange:
-    """One request relayed over one upstream connection: the answer's bytes go to the client as
-    they come; the response parser only finds where the answer ends and whether to keep alive."""
+    """One request relayed over one upstream connection. A short answer of known length goes to
+    the client in one write once whole (a server writes head and body apart: two sends and two
+    wake-ups of the client otherwise); anything else, streams above all, goes on as it comes.
+    The response parser only finds where the answer ends and whether to keep alive."""
 
     def __init__(self, client: Client, upstream: Upstream, head_only: bool, read_timeout_s: float) -> None:
         self.client = client
@@ -210,25 +213,44 @@ class Exchange:
         self._loop = loop
         self._last = loop.time()
         self._timer = loop.call_later(read_timeout_s, self._check_timeout)
+        self._length: int | None = None
+        self._short = False  # held until whole
+        self._held: list[bytes] = []
 
     # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"content-length" and value.isdigit():
+            self._length = int(value)
+
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
         if self.head_only or self.status in (204, 304):
             self._finish("complete")
+        self._short = self._length is not None and self._length <= HOLD_MAX_BYTES
 
     def on_message_complete(self) -> None:
         self._finish("complete")
 
     def received(self, data: bytes) -> None:
         self._last = self._loop.time()
-        if self.client.transport is not None:
-            self.client.transport.write(data)
-        self.relayed = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
+            self._write(data)
             self._finish("lost")
+            return
+        if self._short and not self.done.done():
+            self._held.append(data)
+            return
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self._held:
+            data = b"".join((*self._held, data))
+            self._held.clear()
+        if self.client.transport is not None:
+            self.client.transport.write(data)
+        self.relayed = True
 
     def lost(self) -> None:
         self._finish("lost")
