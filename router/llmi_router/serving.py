@@ -52,7 +52,9 @@ async def serve(app: FastAPI, settings: Settings) -> int:
         config = uvicorn.Config(
             app,
             uds=socket_path,
-            log_level=settings.log_level.lower(),
+            # Its own lines ("running on unix socket ...") would only confuse: the front says
+            # where llmi listens. Warnings and errors (a failed startup) still show.
+            log_level=_at_least_warning(settings.log_level),
             access_log=False,
             timeout_graceful_shutdown=int(settings.drain_timeout_s),
             http="httptools",
@@ -98,3 +100,7 @@ async def serve(app: FastAPI, settings: Settings) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return 0
+
+
+def _at_least_warning(level: str) -> str:
+    return level.lower() if logging.getLevelName(level.upper()) in (logging.ERROR, logging.CRITICAL) else "warning"
