@@ -128,3 +128,15 @@ async def test_a_fast_request_is_counted_under_its_model() -> None:
     route.finished(200)
     labels = {"model": "embed", "endpoint": "/v1/embeddings", "status": "200"}
     assert dispatch.gateway.metrics.registry.get_sample_value("llmi_requests_total", labels) == 1
+
+
+async def test_a_fast_stream_carries_the_error_event_that_ends_it_if_the_runtime_breaks_off() -> None:
+    dispatch = dispatcher(Control())
+    chat = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+    streamed = await dispatch(request("/v1/chat/completions", {**chat, "stream": True}))
+    assert streamed.stream_error is not None
+    event = json.loads(streamed.stream_error.strip().split(b"\n\n")[0].removeprefix(b"data: "))
+    assert event["error"]["code"] == "upstream_failed"
+    assert "'chat' failed mid-stream" in event["error"]["message"]
+    assert streamed.stream_error.endswith(b"data: [DONE]\n\n")
+    assert (await dispatch(request("/v1/chat/completions", chat))).stream_error is None

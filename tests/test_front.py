@@ -88,8 +88,12 @@ class Dispatch:
     app: tuple[str, int]
     leases: list[Lease] = field(default_factory=list)
 
+    breaking: tuple[str, int] | None = None  # where /breaks goes
+
     async def __call__(self, request: Request) -> Route:
         slow = Route(self.app, request.head_for())
+        if request.path == "/breaks" and self.breaking is not None:
+            return Route(self.breaking, request.head_for(), stream_error=b"data: broken\n\n")
         if not request.path.startswith(("/fast", "/stream")):
             return slow
         lease = Lease()
@@ -331,3 +335,43 @@ async def test_a_head_too_large_gets_431_once() -> None:
         out = await exchange(e.port, raw)
         assert out.startswith(b"HTTP/1.1 431")
         assert out.count(b"HTTP/1.1") == 1
+
+
+@asynccontextmanager
+async def _breaking_server(tail: bytes) -> AsyncIterator[tuple[str, int]]:
+    """Starts a chunked event stream, sends ``tail``, then drops the connection."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        writer.write(head + b"9\r\ndata: 1\n\n\r\n" + tail)
+        await writer.drain()
+        writer.transport.abort()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[:2]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@aio
+async def test_a_stream_broken_off_between_events_ends_with_an_error_event() -> None:
+    async with env() as e, _breaking_server(b"") as breaking:
+        e.dispatch.breaking = breaking
+        out = await exchange(e.port, post("/breaks", b"{}"))
+        assert out.startswith(b"HTTP/1.1 200")
+        body = out.split(b"\r\n\r\n", 1)[1]
+        assert body.startswith(b"9\r\ndata: 1\n\n\r\n")
+        assert body.endswith(b"data: broken\n\n\r\n0\r\n\r\n"), "a well-formed end: the client reads the error"
+
+
+@aio
+async def test_a_stream_broken_off_mid_event_is_closed_without_an_event() -> None:
+    async with env() as e, _breaking_server(b"20\r\ndata: 2") as breaking:
+        e.dispatch.breaking = breaking
+        out = await exchange(e.port, post("/breaks", b"{}"))
+        assert out.endswith(b"20\r\ndata: 2"), "what came is relayed, then the connection closes"
+        assert b"broken" not in out

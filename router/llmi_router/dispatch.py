@@ -14,7 +14,8 @@ import time
 from pydantic import ValidationError
 
 from llmi.auth import ApiKeyMiddleware, offered_key
-from llmi.errors import LlmiError
+from llmi.errors import LlmiError, UpstreamFailed
+from llmi.web import SSE_DONE, sse_event
 from llmi_router.app import ROUTES, Gateway, RouteFields
 from llmi_router.front import Addresses, Request, Route
 
@@ -43,9 +44,10 @@ class GatewayDispatch:
                 return slow  # the app answers 401
         gateway = self.gateway
         try:
-            model = RouteFields.model_validate_json(request.body).model
+            fields = RouteFields.model_validate_json(request.body)
         except ValidationError:
             return slow
+        model = fields.model
         if model is None or gateway.probe is None or not gateway.probe.is_ready(model) or gateway.vllm_serves(model):
             return slow
         t0 = time.perf_counter()
@@ -61,4 +63,11 @@ class GatewayDispatch:
             lease.release,
             finished=lambda status: gateway.count_known(model, path, status, t0),
             fallback=slow,
+            stream_error=_stream_error(model) if fields.stream else None,
         )
+
+
+def _stream_error(model: str) -> bytes:
+    """What the app's proxy sends when a runtime breaks off a stream (``proxy.py``)."""
+    error = UpstreamFailed(f"The runtime of '{model}' failed mid-stream.")
+    return b"\n\n" + sse_event(error.body()) + SSE_DONE

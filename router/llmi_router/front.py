@@ -83,6 +83,7 @@ class Route:
     release: Callable[[], None] = _nothing  # exactly once, on every way out
     finished: Callable[[int], None] = _ignore  # the status relayed (499: the client left)
     fallback: Route | None = None  # where it goes instead when ``address`` fails before any byte
+    stream_error: bytes | None = None  # SSE events that end a chunked stream the upstream broke off
 
 
 class Dispatch(Protocol):
@@ -216,11 +217,22 @@ class Exchange:
         self._length: int | None = None
         self._short = False  # held until whole
         self._held: list[bytes] = []
+        self.event_stream = False  # chunked text/event-stream: a break can still end it cleanly
+        self.in_chunk = False
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"content-length" and value.isdigit():
+        name = name.lower()
+        if name == b"content-length" and value.isdigit():
             self._length = int(value)
+        elif name == b"content-type" and value.lower().startswith(b"text/event-stream"):
+            self.event_stream = True
+
+    def on_chunk_header(self) -> None:
+        self.in_chunk = True
+
+    def on_chunk_complete(self) -> None:
+        self.in_chunk = False
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -366,8 +378,13 @@ class Front:
                 upstream.abort()
             return f"{'keep' if exchange.keep_alive else 'close'}:{exchange.status}"
         upstream.abort()
-        if exchange.relayed:  # part of an answer is out: only closing tells the client
-            return f"close:{exchange.status or 502}"
+        if exchange.relayed:  # part of an answer is out
+            if route.stream_error is not None and exchange.event_stream and not exchange.in_chunk:
+                # Between two chunks of an event stream: end it with an error event, as the app does.
+                payload = route.stream_error
+                client.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload))
+                return "close:502"
+            return f"close:{exchange.status or 502}"  # only closing tells the client
         if how == "timeout":
             return "timeout"
         return "retry" if reused else "unreachable"
