@@ -19,12 +19,13 @@ from llmi_router.dispatch import GatewayDispatch
 from llmi_router.front import Request
 from llmi_router.metrics import RouterMetrics
 from llmi_router.ports import OnceLease
+from tests.control_stubs import ControlStubs
 
 APP = "/tmp/app.sock"
 
 
 @dataclass
-class Control:
+class Control(ControlStubs):
     ready: set[str] = field(default_factory=lambda: {"embed", "chat", "served-by-vllm"})
     busy: set[str] = field(default_factory=set)
     released: list[str] = field(default_factory=list)
@@ -46,15 +47,6 @@ class Control:
 
     def describe(self) -> list[ModelCard]:
         return []
-
-    def health(self) -> dict[str, Any]:
-        return {}
-
-    async def forget_if_dead(self, model: str, url: str) -> bool:
-        return False
-
-    async def close(self) -> None:
-        pass
 
 
 def request(path: str, body: Any, *headers: tuple[bytes, bytes], method: str = "POST", version: str = "1.1") -> Request:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -291,8 +291,21 @@ async def test_head_and_expect_continue() -> None:
         writer.close()
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
 @asynccontextmanager
-async def _silent_server() -> AsyncIterator[tuple[str, int]]:
+async def _raw_server(handle: Handler) -> AsyncIterator[tuple[str, int]]:
+    """A TCP server that answers (or fails to) exactly as ``handle`` says; its address."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[:2]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def _silent_server() -> AbstractAsyncContextManager[tuple[str, int]]:
     """Accepts, reads, never answers."""
 
     async def never(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -301,12 +314,7 @@ async def _silent_server() -> AsyncIterator[tuple[str, int]]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(never, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[:2]
-    finally:
-        server.close()
-        await server.wait_closed()
+    return _raw_server(never)
 
 
 async def _until(check: Any) -> None:
@@ -337,8 +345,7 @@ async def test_a_head_too_large_gets_431_once() -> None:
         assert out.count(b"HTTP/1.1") == 1
 
 
-@asynccontextmanager
-async def _breaking_server(tail: bytes) -> AsyncIterator[tuple[str, int]]:
+def _breaking_server(tail: bytes) -> AbstractAsyncContextManager[tuple[str, int]]:
     """Starts a chunked event stream, sends ``tail``, then drops the connection."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -349,12 +356,7 @@ async def _breaking_server(tail: bytes) -> AsyncIterator[tuple[str, int]]:
         writer.transport.abort()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[:2]
-    finally:
-        server.close()
-        await server.wait_closed()
+    return _raw_server(serve)
 
 
 @aio

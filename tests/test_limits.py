@@ -34,6 +34,7 @@ from llmi.settings import Settings
 from llmi_router.app import ROUTES, build_router_app
 from llmi_router.metrics import RouterMetrics
 from llmi_router.ports import OnceLease
+from tests.control_stubs import ControlStubs
 from tests.images import b64, picture
 from tests.test_proxy import serving
 
@@ -143,7 +144,7 @@ def test_every_request_route_has_a_limit_case() -> None:
 
 
 @dataclass
-class RecordingControl:
+class RecordingControl(ControlStubs):
     """Every model is loadable at once; records each load the router asks for."""
 
     url: str = ""
@@ -158,15 +159,6 @@ class RecordingControl:
 
     def describe(self) -> list[ModelCard]:
         return [ModelCard(id=name, type=kind) for name, kind in TYPES.items()]
-
-    def health(self) -> dict[str, Any]:
-        return {}
-
-    async def forget_if_dead(self, model: str, url: str) -> bool:
-        return False
-
-    async def close(self) -> None:
-        pass
 
 
 def _answering_runtime() -> Starlette:

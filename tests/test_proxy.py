@@ -29,6 +29,7 @@ from llmi_router.app import build_router_app
 from llmi_router.embedded.process import free_port
 from llmi_router.metrics import RouterMetrics
 from llmi_router.ports import OnceLease
+from tests.control_stubs import ControlStubs
 from tests.kube_fixtures import eventually
 
 aio = pytest.mark.asyncio(loop_scope="session")
@@ -73,7 +74,7 @@ class FakeRuntime:
 
 
 @dataclass
-class FakeControl:
+class FakeControl(ControlStubs):
     """A control plane whose loads finish when the test opens ``load_gate``."""
 
     url: str = ""
@@ -103,15 +104,6 @@ class FakeControl:
 
     def describe(self) -> list[ModelCard]:
         return [ModelCard(id=CHAT, type="chat"), ModelCard(id=EMBED, type="embedding")]
-
-    def health(self) -> dict[str, Any]:
-        return {}
-
-    async def forget_if_dead(self, model: str, url: str) -> bool:
-        return False
-
-    async def close(self) -> None:
-        pass
 
 
 @asynccontextmanager
