@@ -99,6 +99,10 @@ async def serve(app: FastAPI, settings: Settings) -> int:
         stopping.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    if getattr(server.lifespan, "shutdown_failed", False):
+        log.error("shutdown failed: the control plane did not stop cleanly (see above)")
+        return 1
+    log.info("shutdown complete: requests drained, control plane stopped")
     return 0
 
 
