@@ -43,21 +43,43 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
+class ApiKeys:
+    """The configured keys, kept as digests of equal length: compare_digest then takes the same
+    time whatever the key's length. Empty (false) when access control is off."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.digests = tuple(_digest(k) for k in keys)
+
+    def __bool__(self) -> bool:
+        return bool(self.digests)
+
+    def allowed(self, offered: str) -> bool:
+        digest = _digest(offered)
+        ok = False
+        for known in self.digests:  # every key is compared: no early exit to time
+            ok |= hmac.compare_digest(digest, known)
+        return ok
+
+    def admit(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        """Whether a request with these headers offers one of the keys."""
+        offered = offered_key(headers)
+        return offered is not None and self.allowed(offered)
+
+
 class ApiKeyMiddleware:
     """401 with OpenAI's envelope unless the request carries one of ``keys``."""
 
     def __init__(self, app: ASGIApp, keys: Iterable[str], open_paths: Iterable[str] = ()) -> None:
         self.app = app
-        # Digests of equal length: compare_digest then takes the same time whatever the key's length.
-        self.digests = tuple(_digest(k) for k in keys)
+        self.keys = ApiKeys(keys)
         self.open = ALWAYS_OPEN | frozenset(open_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or not self.digests or scope["path"] in self.open:
+        if scope["type"] not in ("http", "websocket") or not self.keys or scope["path"] in self.open:
             await self.app(scope, receive, send)
             return
         offered = offered_key(scope.get("headers", []))
-        if offered is not None and self.allowed(offered):
+        if offered is not None and self.keys.allowed(offered):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":  # none today; a future one is guarded too (403 before accept)
@@ -77,13 +99,6 @@ class ApiKeyMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-    def allowed(self, offered: str) -> bool:
-        digest = _digest(offered)
-        ok = False
-        for known in self.digests:  # every key is compared: no early exit to time
-            ok |= hmac.compare_digest(digest, known)
-        return ok
 
 
 def offered_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:

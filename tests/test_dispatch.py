@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llmi.auth import ApiKeyMiddleware
+from llmi.auth import ApiKeys
 from llmi.errors import TooManyRequests
 from llmi.protocol.models import ModelCard
 from llmi.settings import Settings
@@ -56,7 +56,7 @@ def request(path: str, body: Any, *headers: tuple[bytes, bytes], method: str = "
 
 def dispatcher(control: Control, keys: frozenset[str] = frozenset()) -> GatewayDispatch:
     gateway = Gateway(control, Settings(), RouterMetrics())
-    return GatewayDispatch(gateway, APP, ApiKeyMiddleware(None, keys) if keys else None)  # type: ignore[arg-type]
+    return GatewayDispatch(gateway, APP, ApiKeys(keys))
 
 
 EMBED = {"model": "embed", "input": "hi"}

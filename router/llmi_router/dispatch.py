@@ -10,14 +10,15 @@ runtime cannot be reached before any byte falls back there too (the app retries 
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from llmi.auth import ApiKeyMiddleware, offered_key
-from llmi.errors import LlmiError, UpstreamFailed
-from llmi.web import SSE_DONE, sse_event
+from llmi.auth import ApiKeys
+from llmi.errors import LlmiError
 from llmi_router.app import ROUTES, Gateway, RouteFields
-from llmi_router.front import Addresses, Request, Route
+from llmi_router.front import Address, Request, Route
+from llmi_router.proxy import broken_stream_events
 
 _RUNTIME_HEAD = (
     b"POST %s HTTP/1.1\r\nhost: llmi-runtime\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
@@ -27,21 +28,19 @@ _RUNTIME_HEAD = (
 class GatewayDispatch:
     """The front's ``Dispatch`` for one router app listening on ``app_address``."""
 
-    def __init__(self, gateway: Gateway, app_address: str, keys: ApiKeyMiddleware | None) -> None:
+    def __init__(self, gateway: Gateway, app_address: str, keys: ApiKeys) -> None:
         self.gateway = gateway
         self.app_address = app_address
-        self.keys = keys if keys is not None and keys.digests else None
-        self.addresses = Addresses()
+        self.keys = keys
+        self.addresses: dict[str, Address] = {}  # a lease's URL, parsed once
 
     async def __call__(self, request: Request) -> Route:
         slow = Route(self.app_address, request.head_for())
         path = request.path
         if request.method != "POST" or request.version != "1.1" or path not in ROUTES or b"?" in request.target:
             return slow
-        if self.keys is not None:
-            offered = offered_key(request.headers)
-            if offered is None or not self.keys.allowed(offered):
-                return slow  # the app answers 401
+        if self.keys and not self.keys.admit(request.headers):
+            return slow  # the app answers 401
         gateway = self.gateway
         try:
             fields = RouteFields.model_validate_json(request.body)
@@ -58,16 +57,17 @@ class GatewayDispatch:
             return slow  # the app answers it in full
         head = _RUNTIME_HEAD % (path.encode(), len(request.body))
         return Route(
-            self.addresses.of(lease.url),
+            self._address(lease.url),
             head,
             lease.release,
             finished=lambda status: gateway.count_known(model, path, status, t0),
             fallback=slow,
-            stream_error=_stream_error(model) if fields.stream else None,
+            stream_error=broken_stream_events(model) if fields.stream else None,
         )
 
-
-def _stream_error(model: str) -> bytes:
-    """What the app's proxy sends when a runtime breaks off a stream (``proxy.py``)."""
-    error = UpstreamFailed(f"The runtime of '{model}' failed mid-stream.")
-    return b"\n\n" + sse_event(error.body()) + SSE_DONE
+    def _address(self, url: str) -> Address:
+        found = self.addresses.get(url)
+        if found is None:
+            parts = urlsplit(url)
+            found = self.addresses[url] = (parts.hostname or "127.0.0.1", parts.port or 80)
+        return found

@@ -17,8 +17,9 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Literal, Protocol
 
 import httptools
 
@@ -60,15 +61,9 @@ class Request:
     def path(self) -> str:
         return self.target.partition(b"?")[0].decode("latin-1")
 
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    def head_for(self, target: bytes | None = None) -> bytes:
+    def head_for(self) -> bytes:
         """The request head to send upstream: the client's headers, one framing of our own."""
-        lines = [b"%s %s HTTP/%s\r\n" % (self.method.encode(), target or self.target, self.version.encode())]
+        lines = [b"%s %s HTTP/%s\r\n" % (self.method.encode(), self.target, self.version.encode())]
         lines += [b"%s: %s\r\n" % (k, v) for k, v in self.headers if k not in HOP]
         lines.append(b"content-length: %d\r\n\r\n" % len(self.body))
         return b"".join(lines)
@@ -98,28 +93,17 @@ class FrontLimits:
     keepalive_s: float = 5.0  # an idle client connection is closed after this
 
 
-def reply(status: int, message: str, code: str, *, close: bool = True, extra: bytes = b"") -> bytes:
-    """A whole response of the front's own, in OpenAI's error envelope."""
+def reply(status: int, message: str, code: str) -> bytes:
+    """A whole response of the front's own, in OpenAI's error envelope; the connection closes after."""
     kind = "invalid_request_error" if status < 500 else "server_error"
     body = json.dumps(error_body(message, kind, code=code)).encode()
-    reason = _REASONS.get(status, b"Error")
-    connection = b"connection: close\r\n" if close else b""
-    return b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s%s\r\n%s" % (
-        status,
-        reason,
-        len(body),
-        connection,
-        extra,
-        body,
-    )
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+    return head % (status, HTTPStatus(status).phrase.encode(), len(body)) + body
 
 
-_REASONS = {
-    400: b"Bad Request",
-    413: b"Payload Too Large",
-    431: b"Request Header Fields Too Large",
-    502: b"Bad Gateway",
-}
+# How one exchange ended: answered (keep the client connection or close it, with the status
+# relayed), or nothing relayed: a reused connection that failed (retry), no connection, a timeout.
+Outcome = tuple[Literal["keep", "close", "retry", "unreachable", "timeout"], int]
 
 
 class Upstream(asyncio.Protocol):
@@ -318,42 +302,40 @@ class Front:
 
     async def relay(self, client: Client, request: Request) -> bool:
         """Answer ``request`` through its route; whether the client connection may stay open."""
-        route: Route | None = await self.dispatch(request)
+        route = await self.dispatch(request)
         reused_retry = True
-        while route is not None:
+        while True:
             try:
                 outcome = await self._exchange(client, request, route)
             except BaseException:
                 route.release()  # first, and synchronous: a cancel (the client left) included
                 route.finished(499)
                 raise
-            if outcome == "retry" and reused_retry:
+            how, status = outcome
+            if how == "retry" and reused_retry:
                 reused_retry = False  # a stale keep-alive connection: once more on a fresh one
                 continue
             route.release()
-            if outcome in ("retry", "unreachable"):
-                if route.fallback is not None:
-                    route = route.fallback
-                    continue
-                client.write(reply(502, "The upstream is not reachable.", "upstream_failed"))
-                return False
-            if outcome == "timeout":
+            if how in ("retry", "unreachable") and route.fallback is not None:
+                route = route.fallback
+                continue
+            if how in ("retry", "unreachable", "timeout"):
                 limit = self.limits.read_timeout_s
-                message = f"The upstream did not answer within {limit:g} s (LLM_REQUEST_TIMEOUT_S)."
+                message = (
+                    f"The upstream did not answer within {limit:g} s (LLM_REQUEST_TIMEOUT_S)."
+                    if how == "timeout"
+                    else "The upstream is not reachable."
+                )
                 client.write(reply(502, message, "upstream_failed"))
-                route.finished(502)
-                return False
-            route.finished(int(outcome.partition(":")[2] or 0))
-            return outcome.startswith("keep") and request.keep_alive
-        return False
+                status = 502
+            route.finished(status)
+            return how == "keep" and request.keep_alive
 
-    async def _exchange(self, client: Client, request: Request, route: Route) -> str:
-        """'keep:STATUS' or 'close:STATUS' when answered; 'retry' (a reused connection failed
-        before any byte), 'unreachable', 'timeout' (nothing relayed) otherwise."""
+    async def _exchange(self, client: Client, request: Request, route: Route) -> Outcome:
         try:
             upstream, reused = await self.pool.get(route.address)
         except (OSError, TimeoutError):
-            return "unreachable"
+            return "unreachable", 0
         exchange = Exchange(client, upstream, request.method == "HEAD", self.limits.read_timeout_s)
         upstream.exchange = exchange
         client.exchange = exchange
@@ -376,18 +358,18 @@ class Front:
                 self.pool.put(upstream)
             else:
                 upstream.abort()
-            return f"{'keep' if exchange.keep_alive else 'close'}:{exchange.status}"
+            return ("keep" if exchange.keep_alive else "close"), exchange.status
         upstream.abort()
         if exchange.relayed:  # part of an answer is out
             if route.stream_error is not None and exchange.event_stream and not exchange.in_chunk:
                 # Between two chunks of an event stream: end it with an error event, as the app does.
                 payload = route.stream_error
                 client.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload))
-                return "close:502"
-            return f"close:{exchange.status or 502}"  # only closing tells the client
+                return "close", 502
+            return "close", exchange.status or 502  # only closing tells the client
         if how == "timeout":
-            return "timeout"
-        return "retry" if reused else "unreachable"
+            return "timeout", 0
+        return ("retry" if reused else "unreachable"), 0
 
 
 class Client(asyncio.Protocol):
@@ -575,18 +557,3 @@ class Client(asyncio.Protocol):
             self._idle = self._loop.call_later(left, self._check_idle)
         else:
             self.close()
-
-
-@dataclass
-class Addresses:
-    """``http://host:port`` of a lease, parsed once."""
-
-    known: dict[str, Address] = field(default_factory=dict)
-
-    def of(self, url: str) -> Address:
-        found = self.known.get(url)
-        if found is None:
-            rest = url.partition("://")[2].rstrip("/")
-            host, _, port = rest.rpartition(":")
-            found = self.known[url] = (host.strip("[]"), int(port or 80))
-        return found

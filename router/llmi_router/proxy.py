@@ -195,11 +195,16 @@ class Proxy:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("stream from %s broke: %s", model, exc)
-            error = UpstreamFailed(f"The runtime of '{model}' failed mid-stream.")
-            await send({"type": "http.response.body", "body": b"\n\n" + sse_event(error.body()) + SSE_DONE})
-            return error.status
+            await send({"type": "http.response.body", "body": broken_stream_events(model)})
+            return UpstreamFailed.status
         await send({"type": "http.response.body", "body": b""})
         return upstream.status
+
+
+def broken_stream_events(model: str) -> bytes:
+    """What ends a stream that ``model``'s runtime broke off: an error event, then [DONE]."""
+    error = UpstreamFailed(f"The runtime of '{model}' failed mid-stream.")
+    return b"\n\n" + sse_event(error.body()) + SSE_DONE
 
 
 def _relayed(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
