@@ -2,7 +2,8 @@
 
 Why a pure ASGI middleware: it runs before routing and body parsing, so an unauthorised request
 costs neither a parse nor a model load, and it guards every route, present and future, except an
-explicit list of open paths (health probes, and metrics when configured). Keys are compared in
+explicit list of open paths (health probes, and metrics when configured). The router's front door
+checks ``ApiKeys`` itself before it sends a request straight to a runtime. Keys are compared in
 constant time (``hmac.compare_digest`` against each, no early exit) and never logged. Clients send
 them as OpenAI's SDK does (``Authorization: Bearer KEY``) or as ``x-api-key``/``api-key``.
 """
