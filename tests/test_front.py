@@ -63,9 +63,21 @@ class Upstream:
 
             return StreamingResponse(events(), media_type="text/event-stream")
 
+        async def hold(request: StarletteRequest) -> Response:
+            """A plain answer that never comes: a generation without end, until the client goes."""
+            self.seen.append((request.url.path, await request.body(), dict(request.headers)))
+            self.streaming.set()
+            try:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+            finally:
+                self.left.set()
+            return Response(status_code=499)
+
         return Starlette(
             routes=[
                 StarletteRoute("/stream", stream, methods=["POST"]),
+                StarletteRoute("/fast-hold", hold, methods=["POST"]),
                 StarletteRoute("/{path:path}", echo, methods=["GET", "POST", "HEAD"]),
             ]
         )
@@ -377,3 +389,17 @@ async def test_a_stream_broken_off_mid_event_is_closed_without_an_event() -> Non
         out = await exchange(e.port, post("/breaks", b"{}"))
         assert out.endswith(b"20\r\ndata: 2"), "what came is relayed, then the connection closes"
         assert b"broken" not in out
+
+
+@aio
+async def test_a_client_that_leaves_a_plain_request_closes_the_upstream_and_releases_once() -> None:
+    async with env() as e:
+        _, writer = await asyncio.open_connection("127.0.0.1", e.port)
+        writer.write(post("/fast-hold", b"{}"))
+        await writer.drain()
+        await e.runtime.streaming.wait()  # the runtime is working on it
+        writer.close()
+        await e.runtime.left.wait()  # and sees its client go: generation stops there
+        lease = e.dispatch.leases[-1]
+        await _until(lambda: lease.released == 1)
+        assert lease.finished == [499]
