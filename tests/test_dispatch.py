@@ -42,6 +42,11 @@ class Control(ControlStubs):
     def is_ready(self, model: str) -> bool:
         return model in self.ready
 
+    def hold_now(self, model: str) -> OnceLease | None:
+        if model in self.busy or model not in self.ready:
+            return None  # at its concurrency bound: it would have to wait
+        return OnceLease("http://127.0.0.1:4321", lambda: self.released.append(model))
+
     def engine(self, model: str) -> str | None:
         return "vllm" if model == "served-by-vllm" else "transformers"
 
@@ -62,9 +67,9 @@ def dispatcher(control: Control, keys: frozenset[str] = frozenset()) -> GatewayD
 EMBED = {"model": "embed", "input": "hi"}
 
 
-async def test_a_ready_model_goes_straight_to_its_runtime_with_the_body_unchanged() -> None:
+def test_a_ready_model_goes_straight_to_its_runtime_with_the_body_unchanged() -> None:
     control = Control()
-    route = await dispatcher(control)(request("/v1/embeddings", EMBED, (b"authorization", b"Bearer x")))
+    route = dispatcher(control)(request("/v1/embeddings", EMBED, (b"authorization", b"Bearer x")))
     assert route.address == ("127.0.0.1", 4321)
     assert route.head.startswith(b"POST /v1/embeddings HTTP/1.1\r\n")
     assert b"content-length: %d\r\n" % len(json.dumps(EMBED)) in route.head
@@ -91,44 +96,44 @@ async def test_a_ready_model_goes_straight_to_its_runtime_with_the_body_unchange
         ("HTTP/1.0", request("/v1/embeddings", EMBED, version="1.0")),
     ],
 )
-async def test_everything_else_goes_to_the_app_unchanged(why: str, req: Request) -> None:
-    route = await dispatcher(Control())(req)
+def test_everything_else_goes_to_the_app_unchanged(why: str, req: Request) -> None:
+    route = dispatcher(Control())(req)
     assert route.address == APP, why
-    assert route.head == req.head_for()
+    assert route.head is None, "the client's own head, built by the front"
     assert route.fallback is None
 
 
-async def test_a_refused_lease_goes_to_the_app_which_answers_it() -> None:
-    route = await dispatcher(Control(busy={"embed"}))(request("/v1/embeddings", EMBED))
+def test_a_lease_that_would_wait_goes_to_the_app_which_queues_it() -> None:
+    route = dispatcher(Control(busy={"embed"}))(request("/v1/embeddings", EMBED))
     assert route.address == APP
 
 
-async def test_keys_are_checked_before_the_fast_path() -> None:
+def test_keys_are_checked_before_the_fast_path() -> None:
     dispatch = dispatcher(Control(), keys=frozenset({"sk-good"}))
-    good = await dispatch(request("/v1/embeddings", EMBED, (b"authorization", b"Bearer sk-good")))
+    good = dispatch(request("/v1/embeddings", EMBED, (b"authorization", b"Bearer sk-good")))
     assert good.address == ("127.0.0.1", 4321)
     for headers in [(), ((b"authorization", b"Bearer sk-bad"),), ((b"x-api-key", b"wrong"),)]:
-        route = await dispatch(request("/v1/embeddings", EMBED, *headers))
+        route = dispatch(request("/v1/embeddings", EMBED, *headers))
         assert route.address == APP, "the app answers 401"
-    assert (await dispatch(request("/v1/embeddings", EMBED, (b"x-api-key", b"sk-good")))).address != APP
+    assert (dispatch(request("/v1/embeddings", EMBED, (b"x-api-key", b"sk-good")))).address != APP
 
 
-async def test_a_fast_request_is_counted_under_its_model() -> None:
+def test_a_fast_request_is_counted_under_its_model() -> None:
     control = Control()
     dispatch = dispatcher(control)
-    route = await dispatch(request("/v1/embeddings", EMBED))
+    route = dispatch(request("/v1/embeddings", EMBED))
     route.finished(200)
     labels = {"model": "embed", "endpoint": "/v1/embeddings", "status": "200"}
     assert dispatch.gateway.metrics.registry.get_sample_value("llmi_requests_total", labels) == 1
 
 
-async def test_a_fast_stream_carries_the_error_event_that_ends_it_if_the_runtime_breaks_off() -> None:
+def test_a_fast_stream_carries_the_error_event_that_ends_it_if_the_runtime_breaks_off() -> None:
     dispatch = dispatcher(Control())
     chat = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
-    streamed = await dispatch(request("/v1/chat/completions", {**chat, "stream": True}))
+    streamed = dispatch(request("/v1/chat/completions", {**chat, "stream": True}))
     assert streamed.stream_error is not None
     event = json.loads(streamed.stream_error.strip().split(b"\n\n")[0].removeprefix(b"data: "))
     assert event["error"]["code"] == "upstream_failed"
     assert "'chat' failed mid-stream" in event["error"]["message"]
     assert streamed.stream_error.endswith(b"data: [DONE]\n\n")
-    assert (await dispatch(request("/v1/chat/completions", chat))).stream_error is None
+    assert (dispatch(request("/v1/chat/completions", chat))).stream_error is None

@@ -102,8 +102,8 @@ class Dispatch:
 
     breaking: tuple[str, int] | None = None  # where /breaks goes
 
-    async def __call__(self, request: Request) -> Route:
-        slow = Route(self.app, request.head_for())
+    def __call__(self, request: Request) -> Route:
+        slow = Route(self.app)
         if request.path == "/breaks" and self.breaking is not None:
             return Route(self.breaking, request.head_for(), stream_error=b"data: broken\n\n")
         if not request.path.startswith(("/fast", "/stream")):
@@ -403,3 +403,19 @@ async def test_a_client_that_leaves_a_plain_request_closes_the_upstream_and_rele
         lease = e.dispatch.leases[-1]
         await _until(lambda: lease.released == 1)
         assert lease.finished == [499]
+
+
+@aio
+async def test_an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() -> None:
+    async with env(keepalive_s=0.2) as e:
+        _, writer = await asyncio.open_connection("127.0.0.1", e.port)
+        writer.write(post("/fast-hold", b"{}"))  # an answer that takes longer than the keep-alive
+        await writer.drain()
+        await e.runtime.streaming.wait()
+        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", e.port)
+        assert await idle_r.read(-1) == b"", "an idle connection is closed by the front"
+        idle_w.close()
+        assert not e.runtime.left.is_set(), "the busy connection is kept: its runtime still has its client"
+        assert e.front_obj.relays, "the slow request is still being answered"
+        writer.close()
+        await e.runtime.left.wait()

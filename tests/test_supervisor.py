@@ -324,6 +324,23 @@ async def test_a_per_model_concurrency_bound_queues_then_429s() -> None:
         one.release()
 
 
+async def test_hold_now_grants_a_ready_model_at_once_and_never_waits_loads_or_queues() -> None:
+    sup, launcher, _ = await make(entry("a"), entry("b"), max_concurrent_per_model=1)
+    assert sup.hold_now("a") is None, "a cold model: the caller goes the long way"
+    assert launcher.started == [], "and no load was started for it"
+    await use(sup, "a")
+    lease = sup.hold_now("a")
+    assert lease is not None
+    assert sup.slots["a"].in_flight == 1
+    assert sup.hold_now("a") is None, "at its concurrency bound"
+    await sup.settled()
+    assert sup.world.waiters == (), "the want that would have queued was withdrawn"
+    lease.release()
+    lease.release()
+    assert sup.slots["a"].in_flight == 0, "released exactly once"
+    assert sup.hold_now("nobody") is None
+
+
 async def test_shutdown_stops_runtimes_with_requests_past_the_drain_timeout() -> None:
     sup, launcher, clock = await make(entry("a"), drain_timeout_s=5)
     lease = await sup.acquire("a", 30)  # never released: a request that outlives the drain

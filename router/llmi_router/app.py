@@ -177,6 +177,11 @@ class Gateway:
             )
         return rerankers[0]
 
+    def serves(self, model: str, path: str) -> bool:
+        """Whether ``model``, known to be ready (so its name came from the catalog), serves ``path``."""
+        kind = self.control.model_type(model)
+        return kind is not None and path in ENDPOINTS[ModelType(kind)]
+
     def check_endpoint(self, model: str, path: str) -> None:
         """404 for an unknown model, 400 when its type does not serve ``path``."""
         kind = self.control.model_type(model) if valid_name(model) else None

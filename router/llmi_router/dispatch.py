@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from llmi.auth import ApiKeys
-from llmi.errors import LlmiError
 from llmi_router.app import ROUTES, Gateway, RouteFields
 from llmi_router.front import Address, Request, Route
 from llmi_router.proxy import broken_stream_events
@@ -34,8 +33,8 @@ class GatewayDispatch:
         self.keys = keys
         self.addresses: dict[str, Address] = {}  # a lease's URL, parsed once
 
-    async def __call__(self, request: Request) -> Route:
-        slow = Route(self.app_address, request.head_for())
+    def __call__(self, request: Request) -> Route:
+        slow = Route(self.app_address)  # the client's own head, built only if it goes there
         path = request.path
         if request.method != "POST" or request.version != "1.1" or path not in ROUTES or b"?" in request.target:
             return slow
@@ -46,15 +45,15 @@ class GatewayDispatch:
             fields = RouteFields.model_validate_json(request.body)
         except ValidationError:
             return slow
-        model = fields.model
-        if model is None or gateway.probe is None or not gateway.probe.is_ready(model) or gateway.vllm_serves(model):
+        model, probe = fields.model, gateway.probe
+        if model is None or probe is None or not probe.is_ready(model) or gateway.vllm_serves(model):
             return slow
+        if not gateway.serves(model, path):
+            return slow  # the app answers 400
         t0 = time.perf_counter()
-        try:
-            gateway.check_endpoint(model, path)  # a known model (it is ready) of a type that serves path
-            lease = await gateway.control.acquire(model, gateway.settings.queue_timeout_s)
-        except LlmiError:
-            return slow  # the app answers it in full
+        lease = probe.hold_now(model)
+        if lease is None:
+            return slow  # it would have to wait (at its concurrency bound): the app queues it
         head = _RUNTIME_HEAD % (path.encode(), len(request.body))
         return Route(
             self._address(lease.url),

@@ -6,6 +6,9 @@ to a pooled keep-alive connection, the runtime's answer relayed byte for byte, c
 as they come), or the full router app on a private Unix socket (everything else: loads, refusals,
 the page, admin). Each request decides on its own, so one keep-alive connection may mix both.
 
+The whole path runs in protocol callbacks: no task, future or timer per request (they cost more
+CPU than the relay itself). One sweep timer per front enforces the read and keep-alive timeouts.
+
 A client that leaves closes the upstream connection, which is what tells a runtime (or the app)
 to stop; the route's lease is released first, synchronously. A slow reader pauses the upstream.
 """
@@ -33,6 +36,7 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_PIPELINED = 16  # requests parsed ahead of their answers before reading pauses
 IDLE_PER_ADDRESS = 64  # keep-alive connections kept per upstream
 HOLD_MAX_BYTES = 256 * 1024  # answers up to this long go to the client in one write
+MAX_SWEEP_S = 1.0  # timeouts fire at most this late
 HOP = frozenset(
     {b"connection", b"keep-alive", b"content-length", b"transfer-encoding", b"expect", b"te", b"upgrade", b"trailer"}
 )
@@ -46,7 +50,7 @@ def _ignore(status: int) -> None:
     return None
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """One complete request as the client sent it (the body de-chunked)."""
 
@@ -69,12 +73,12 @@ class Request:
         return b"".join(lines)
 
 
-@dataclass
+@dataclass(slots=True)
 class Route:
     """Where one request goes, and what to do when it is done there."""
 
     address: Address
-    head: bytes
+    head: bytes | None = None  # None: the client's own head (``Request.head_for``), built when sent
     release: Callable[[], None] = _nothing  # exactly once, on every way out
     finished: Callable[[int], None] = _ignore  # the status relayed (499: the client left)
     fallback: Route | None = None  # where it goes instead when ``address`` fails before any byte
@@ -82,7 +86,9 @@ class Route:
 
 
 class Dispatch(Protocol):
-    async def __call__(self, request: Request) -> Route: ...
+    """Synchronous on purpose: a route that needs waiting (a load, a queue) is the app's."""
+
+    def __call__(self, request: Request) -> Route: ...
 
 
 @dataclass(frozen=True)
@@ -101,36 +107,81 @@ def reply(status: int, message: str, code: str) -> bytes:
     return head % (status, HTTPStatus(status).phrase.encode(), len(body)) + body
 
 
-# How one exchange ended: answered (keep the client connection or close it, with the status
-# relayed), or nothing relayed: a reused connection that failed (retry), no connection, a timeout.
-Outcome = tuple[Literal["keep", "close", "retry", "unreachable", "timeout"], int]
+# How an exchange on one upstream connection ended: the answer read whole, the connection lost
+# (or the answer malformed), or nothing from it for the read timeout.
+Ending = Literal["complete", "lost", "timeout"]
 
 
 class Upstream(asyncio.Protocol):
-    """One keep-alive connection to a runtime or the app; bytes go to the exchange it serves."""
+    """One keep-alive connection to a runtime or the app, and what is known of the answer being
+    read on it. Its parser lives as long as the connection; it only finds where each answer ends,
+    whether the connection may be kept, and what a broken stream needs."""
 
     def __init__(self, address: Address) -> None:
         self.address = address
         self.transport: asyncio.Transport | None = None
-        self.exchange: Exchange | None = None
+        self.relay: Relay | None = None
         self.closed = False
+        self.parser = httptools.HttpResponseParser(self)
+        self.last = 0.0  # loop time of the last byte sent or received
+        self.head_only = False
+        self.reset()
 
+    def reset(self) -> None:
+        self.status = 0
+        self.length: int | None = None
+        self.event_stream = False  # chunked text/event-stream: a break can still end it cleanly
+        self.in_chunk = False
+        self.complete = False
+        self.keep_alive = False
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length" and value.isdigit():
+            self.length = int(value)
+        elif name == b"content-type" and value.lower().startswith(b"text/event-stream"):
+            self.event_stream = True
+
+    def on_chunk_header(self) -> None:
+        self.in_chunk = True
+
+    def on_chunk_complete(self) -> None:
+        self.in_chunk = False
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if self.head_only or self.status in (204, 304):
+            self._complete()
+
+    def on_message_complete(self) -> None:
+        self._complete()
+
+    def _complete(self) -> None:
+        if not self.complete:
+            self.complete = True
+            self.keep_alive = self.parser.should_keep_alive()  # known only while the message is current
+
+    # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
 
     def data_received(self, data: bytes) -> None:
-        if self.exchange is None:  # bytes nobody asked for: this connection cannot be trusted
+        if self.relay is None:  # bytes nobody asked for: this connection cannot be trusted
             self.abort()
             return
-        self.exchange.received(data)
+        self.relay.received(data)
 
     def eof_received(self) -> bool | None:
         return None  # close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.exchange is not None:
-            self.exchange.lost()
+        if self.relay is not None:
+            self.relay.ended("lost")
+
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     def abort(self) -> None:
         self.closed = True
@@ -145,20 +196,23 @@ class Pool:
         self.connect_timeout_s = connect_timeout_s
         self.idle: dict[Address, list[Upstream]] = {}
 
-    async def get(self, address: Address) -> tuple[Upstream, bool]:
-        """A connection to ``address`` and whether it was reused (so it may have gone stale)."""
+    def take(self, address: Address) -> Upstream | None:
+        """An idle connection to ``address`` (it may have gone stale since), or None."""
         stack = self.idle.get(address)
         while stack:
             upstream = stack.pop()
-            if not upstream.closed:
-                return upstream, True
+            if upstream.usable():
+                return upstream
+        return None
+
+    async def connect(self, address: Address) -> Upstream:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.connect_timeout_s):
             if isinstance(address, str):
                 _, upstream = await loop.create_unix_connection(lambda: Upstream(address), address)
             else:
                 _, upstream = await loop.create_connection(lambda: Upstream(address), *address)
-        return upstream, False
+        return upstream
 
     def put(self, upstream: Upstream) -> None:
         stack = self.idle.setdefault(upstream.address, [])
@@ -178,111 +232,214 @@ class Pool:
         self.idle.clear()
 
 
-class Exchange:
-    """One request relayed over one upstream connection. A short answer of known length goes to
+class Relay:
+    """One request through its route: sent on a pooled upstream connection (a new one when none
+    is idle), the answer relayed, then the route released and the client told. A stale pooled
+    connection is retried once on a new one; a route that cannot be reached before any byte gives
+    way to its fallback; otherwise the client gets a 502. A short answer of known length goes to
     the client in one write once whole (a server writes head and body apart: two sends and two
-    wake-ups of the client otherwise); anything else, streams above all, goes on as it comes.
-    The response parser only finds where the answer ends and whether to keep alive."""
+    wake-ups of the client otherwise); anything else, streams above all, goes on as it comes."""
 
-    def __init__(self, client: Client, upstream: Upstream, head_only: bool, read_timeout_s: float) -> None:
+    __slots__ = (
+        "client",
+        "connecting",
+        "done",
+        "front",
+        "held",
+        "relayed",
+        "released",
+        "request",
+        "retried",
+        "reused",
+        "route",
+        "upstream",
+    )
+
+    def __init__(self, client: Client, request: Request, route: Route) -> None:
         self.client = client
+        self.front = client.front
+        self.request = request
+        self.route = route
+        self.upstream: Upstream | None = None
+        self.connecting: asyncio.Task[Upstream] | None = None
+        self.reused = False
+        self.retried = False  # a stale pooled connection was retried already
+        self.released = False
+        self.relayed = False  # part of an answer is out: no retry, no fallback
+        self.held: list[bytes] = []
+        self.done = False
+
+    def start(self) -> None:
+        self.front.relays.add(self)
+        upstream = self.front.pool.take(self.route.address)
+        if upstream is not None:
+            self._send(upstream, reused=True)
+        else:
+            self.connecting = task = asyncio.get_running_loop().create_task(self.front.pool.connect(self.route.address))
+            task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[Upstream]) -> None:
+        self.connecting = None
+        if task.cancelled():
+            return
+        error = task.exception()
+        if self.done:  # the client left meanwhile: keep a new connection for someone else
+            if error is None:
+                self.front.pool.put(task.result())
+            return
+        if error is not None:
+            self._failed("unreachable")
+            return
+        self._send(task.result(), reused=False)
+
+    def _send(self, upstream: Upstream, reused: bool) -> None:
         self.upstream = upstream
-        self.head_only = head_only
-        self.parser = httptools.HttpResponseParser(self)
-        self.relayed = False
-        self.status = 0
-        self.keep_alive = False
-        self.read_timeout_s = read_timeout_s
-        loop = asyncio.get_running_loop()
-        self.done: asyncio.Future[str] = loop.create_future()  # "complete", "lost" or "timeout"
-        self._loop = loop
-        self._last = loop.time()
-        self._timer = loop.call_later(read_timeout_s, self._check_timeout)
-        self._length: int | None = None
-        self._short = False  # held until whole
-        self._held: list[bytes] = []
-        self.event_stream = False  # chunked text/event-stream: a break can still end it cleanly
-        self.in_chunk = False
-
-    # httptools callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name == b"content-length" and value.isdigit():
-            self._length = int(value)
-        elif name == b"content-type" and value.lower().startswith(b"text/event-stream"):
-            self.event_stream = True
-
-    def on_chunk_header(self) -> None:
-        self.in_chunk = True
-
-    def on_chunk_complete(self) -> None:
-        self.in_chunk = False
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        if self.head_only or self.status in (204, 304):
-            self._finish("complete")
-        self._short = self._length is not None and self._length <= HOLD_MAX_BYTES
-
-    def on_message_complete(self) -> None:
-        self._finish("complete")
+        self.reused = reused
+        upstream.relay = self
+        upstream.reset()
+        upstream.head_only = self.request.method == "HEAD"
+        upstream.last = self.front.loop.time()
+        head = self.route.head if self.route.head is not None else self.request.head_for()
+        body = self.request.body
+        assert upstream.transport is not None
+        if len(body) < 65536:
+            upstream.transport.write(head + body)
+        else:
+            upstream.transport.writelines((head, body))
 
     def received(self, data: bytes) -> None:
-        self._last = self._loop.time()
+        upstream = self.upstream
+        assert upstream is not None
+        upstream.last = self.front.loop.time()
         try:
-            self.parser.feed_data(data)
+            upstream.parser.feed_data(data)
         except httptools.HttpParserError:
             self._write(data)
-            self._finish("lost")
+            self.ended("lost")
             return
-        if self._short and not self.done.done():
-            self._held.append(data)
-            return
-        self._write(data)
+        if upstream.complete:
+            self._write(data)
+            self.ended("complete")
+        elif upstream.length is not None and upstream.length <= HOLD_MAX_BYTES:
+            self.held.append(data)
+        else:
+            self._write(data)
 
     def _write(self, data: bytes) -> None:
-        if self._held:
-            data = b"".join((*self._held, data))
-            self._held.clear()
-        if self.client.transport is not None:
-            self.client.transport.write(data)
+        if self.held:
+            data = b"".join((*self.held, data))
+            self.held.clear()
+        self.client.write(data)
         self.relayed = True
 
-    def lost(self) -> None:
-        self._finish("lost")
-
-    def _finish(self, how: str) -> None:
-        if not self.done.done():
-            if how == "complete":
-                self.keep_alive = self.parser.should_keep_alive()
-            self._timer.cancel()
-            self.done.set_result(how)
-
-    def _check_timeout(self) -> None:
-        left = self._last + self.read_timeout_s - self._loop.time()
-        if left > 0:
-            self._timer = self._loop.call_later(left, self._check_timeout)
+    def ended(self, how: Ending) -> None:
+        """The exchange on the current upstream connection is over: keep or drop the connection,
+        then answer the client, retry or fall back."""
+        upstream = self.upstream
+        if self.done or upstream is None:
+            return
+        self.upstream = None
+        upstream.relay = None
+        if how == "complete":
+            if upstream.keep_alive and not upstream.head_only:  # the parser would wait for a body
+                self.front.pool.put(upstream)
+            else:
+                upstream.abort()
+            self._answered(upstream.status, upstream.keep_alive)
+            return
+        upstream.abort()
+        if self.relayed:
+            error = self.route.stream_error
+            if error is not None and upstream.event_stream and not upstream.in_chunk:
+                # Between two chunks of an event stream: end it with an error event, as the app does.
+                self.client.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(error), error))
+                self._answered(502, keep=False)
+            else:
+                self._answered(upstream.status or 502, keep=False)  # only closing tells the client
+            return
+        if how == "timeout":
+            self._failed("timeout")
+        elif self.reused and not self.retried:
+            self.retried = True  # a stale keep-alive connection: once more on a new one
+            self.front.relays.discard(self)
+            self.start()
         else:
-            self._finish("timeout")
+            self._failed("unreachable")
 
-    def cancel(self) -> None:
-        self._timer.cancel()
+    def _failed(self, how: Literal["unreachable", "timeout"]) -> None:
+        """Nothing came from the route: its fallback, or a 502 of our own."""
+        self._let_go()
+        fallback = self.route.fallback
+        if how == "unreachable" and fallback is not None:
+            self.route = fallback
+            self.released = self.retried = False
+            self.front.relays.discard(self)
+            self.start()
+            return
+        limit = self.front.limits.read_timeout_s
+        message = (
+            f"The upstream did not answer within {limit:g} s (LLM_REQUEST_TIMEOUT_S)."
+            if how == "timeout"
+            else "The upstream is not reachable."
+        )
+        self.client.write(reply(502, message, "upstream_failed"))
+        self._answered(502, keep=False)
+
+    def _let_go(self) -> None:
+        if not self.released:
+            self.released = True
+            self.route.release()
+
+    def _answered(self, status: int, keep: bool) -> None:
+        self.done = True
+        self.front.retire(self)
+        self._let_go()  # before anything else the client may do next
+        self.route.finished(status)
+        self.client.relayed(keep and self.request.keep_alive)
+
+    def abandon(self) -> None:
+        """The client left: the upstream connection closes (so the runtime stops), the lease goes."""
+        if self.done:
+            return
+        self.done = True
+        self.front.retire(self)
+        if self.connecting is not None:
+            self.connecting.cancel()
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.relay = None
+            upstream.abort()
+        self._let_go()
+        self.route.finished(499)
+
+    def pause(self, paused: bool) -> None:
+        transport = self.upstream.transport if self.upstream is not None else None
+        if transport is not None:
+            if paused:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
 
 
 class Front:
-    """The listening side: one ``Client`` per connection, a shared upstream pool."""
+    """The listening side: one ``Client`` per connection, a shared upstream pool, one sweep."""
 
     def __init__(self, dispatch: Dispatch, limits: FrontLimits) -> None:
         self.dispatch = dispatch
         self.limits = limits
         self.pool = Pool(limits.connect_timeout_s)
         self.clients: set[Client] = set()
+        self.relays: set[Relay] = set()  # in progress
         self.server: asyncio.Server | None = None
         self.closing = False
+        self.loop = asyncio.get_running_loop()
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_s = max(0.01, min(MAX_SWEEP_S, limits.read_timeout_s / 4, limits.keepalive_s / 4))
+        self._drained: asyncio.Future[None] | None = None
 
     async def start(self, host: str, port: int) -> asyncio.Server:
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: Client(self), host, port, reuse_address=True, backlog=2048)
+        self.loop = asyncio.get_running_loop()
+        self.server = await self.loop.create_server(lambda: Client(self), host, port, reuse_address=True, backlog=2048)
         return self.server
 
     async def drain(self, timeout_s: float) -> None:
@@ -291,85 +448,41 @@ class Front:
         if self.server is not None:
             self.server.close()
         for client in list(self.clients):
-            if client.task is None:
+            if client.idle():
                 client.close()
-        tasks = [c.task for c in self.clients if c.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout_s)
+        if self.relays:
+            self._drained = self.loop.create_future()
+            await asyncio.wait({self._drained}, timeout=timeout_s)
         for client in list(self.clients):
             client.close()
         self.pool.close()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
 
-    async def relay(self, client: Client, request: Request) -> bool:
-        """Answer ``request`` through its route; whether the client connection may stay open."""
-        route = await self.dispatch(request)
-        reused_retry = True
-        while True:
-            try:
-                outcome = await self._exchange(client, request, route)
-            except BaseException:
-                route.release()  # first, and synchronous: a cancel (the client left) included
-                route.finished(499)
-                raise
-            how, status = outcome
-            if how == "retry" and reused_retry:
-                reused_retry = False  # a stale keep-alive connection: once more on a fresh one
-                continue
-            route.release()
-            if how in ("retry", "unreachable") and route.fallback is not None:
-                route = route.fallback
-                continue
-            if how in ("retry", "unreachable", "timeout"):
-                limit = self.limits.read_timeout_s
-                message = (
-                    f"The upstream did not answer within {limit:g} s (LLM_REQUEST_TIMEOUT_S)."
-                    if how == "timeout"
-                    else "The upstream is not reachable."
-                )
-                client.write(reply(502, message, "upstream_failed"))
-                status = 502
-            route.finished(status)
-            return how == "keep" and request.keep_alive
+    def retire(self, relay: Relay) -> None:
+        self.relays.discard(relay)
+        if not self.relays and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
-    async def _exchange(self, client: Client, request: Request, route: Route) -> Outcome:
-        try:
-            upstream, reused = await self.pool.get(route.address)
-        except (OSError, TimeoutError):
-            return "unreachable", 0
-        exchange = Exchange(client, upstream, request.method == "HEAD", self.limits.read_timeout_s)
-        upstream.exchange = exchange
-        client.exchange = exchange
-        assert upstream.transport is not None
-        try:
-            if len(request.body) < 65536:
-                upstream.transport.write(route.head + request.body)
-            else:
-                upstream.transport.writelines((route.head, request.body))
-            how = await exchange.done
-        except BaseException:
-            exchange.cancel()
-            upstream.abort()  # the upstream sees its client leave
-            raise
-        finally:
-            upstream.exchange = None
-            client.exchange = None
-        if how == "complete":
-            if exchange.keep_alive:
-                self.pool.put(upstream)
-            else:
-                upstream.abort()
-            return ("keep" if exchange.keep_alive else "close"), exchange.status
-        upstream.abort()
-        if exchange.relayed:  # part of an answer is out
-            if route.stream_error is not None and exchange.event_stream and not exchange.in_chunk:
-                # Between two chunks of an event stream: end it with an error event, as the app does.
-                payload = route.stream_error
-                client.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload))
-                return "close", 502
-            return "close", exchange.status or 502  # only closing tells the client
-        if how == "timeout":
-            return "timeout", 0
-        return ("retry" if reused else "unreachable"), 0
+    def watch(self) -> None:
+        """Keep the sweep running while there are connections."""
+        if self._sweep is None and not self.closing:
+            self._sweep = self.loop.call_later(self._sweep_s, self._sweep_now)
+
+    def _sweep_now(self) -> None:
+        self._sweep = None
+        now = self.loop.time()
+        read_timeout, keepalive = self.limits.read_timeout_s, self.limits.keepalive_s
+        for relay in list(self.relays):
+            upstream = relay.upstream
+            if upstream is not None and now - upstream.last >= read_timeout:
+                relay.ended("timeout")
+        for client in list(self.clients):
+            if client.idle() and now - client.last >= keepalive:
+                client.close()
+        if self.clients:
+            self.watch()
 
 
 class Client(asyncio.Protocol):
@@ -380,11 +493,12 @@ class Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.requests: deque[Request] = deque()
-        self.task: asyncio.Task[None] | None = None
-        self.exchange: Exchange | None = None
-        self._loop = asyncio.get_running_loop()
-        self._last = self._loop.time()
-        self._idle: asyncio.TimerHandle | None = None
+        self.relay: Relay | None = None
+        self._loop = front.loop
+        self.last = self._loop.time()
+        self._paused = False
+        self._closed = False
+        self._stepping = False  # inside _next: an answer that ends at once does not recurse
         self._refused = False  # the rest of what this client sends is ignored
         self._final: bytes | None = None  # sent after the answers in progress, before closing
         self._new_message()
@@ -396,14 +510,17 @@ class Client(asyncio.Protocol):
         self._size = 0
         self._head = 0
 
+    def idle(self) -> bool:
+        return self.relay is None and not self.requests
+
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
         self.front.clients.add(self)
-        self._arm_idle()
+        self.front.watch()
 
     def data_received(self, data: bytes) -> None:
-        self._last = self._loop.time()
+        self.last = self._loop.time()
         if self._refused:
             return
         try:
@@ -412,22 +529,24 @@ class Client(asyncio.Protocol):
             self._refused = True  # answered as plain HTTP (no upgrades here); the connection closes after
         except httptools.HttpParserError:
             self._refuse(reply(400, "Invalid HTTP request.", "invalid_request"))
+        if self.relay is None:
+            self._next()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.clients.discard(self)
         self.transport = None
-        if self._idle is not None:
-            self._idle.cancel()
-        if self.task is not None:
-            self.task.cancel()  # withdraws a queued request, aborts the upstream
+        self.requests.clear()
+        if self.relay is not None:
+            relay, self.relay = self.relay, None
+            relay.abandon()  # withdraws the request, aborts the upstream
 
     def pause_writing(self) -> None:
-        if self.exchange is not None and self.exchange.upstream.transport is not None:
-            self.exchange.upstream.transport.pause_reading()
+        if self.relay is not None:
+            self.relay.pause(True)
 
     def resume_writing(self) -> None:
-        if self.exchange is not None and self.exchange.upstream.transport is not None:
-            self.exchange.upstream.transport.resume_reading()
+        if self.relay is not None:
+            self.relay.pause(False)
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -439,7 +558,9 @@ class Client(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
-        self._count(len(name) + len(value))
+        self._head += len(name) + len(value)
+        if self._head > MAX_HEAD_BYTES:
+            self._count(0)
 
     def on_headers_complete(self) -> None:
         for name, value in self._headers:
@@ -478,15 +599,51 @@ class Client(asyncio.Protocol):
             self.parser.should_keep_alive(),
         )
         self.requests.append(request)
-        if len(self.requests) >= MAX_PIPELINED and self.transport is not None:
+        if len(self.requests) >= MAX_PIPELINED and self.transport is not None and not self._paused:
+            self._paused = True
             self.transport.pause_reading()
-        if self.task is None:
-            if self._idle is not None:
-                self._idle.cancel()
-                self._idle = None
-            self.task = self._loop.create_task(self._answer())
 
-    # the rest
+    # answering, in order
+    def _next(self) -> None:
+        """Start the next request unless one is in progress; close when the last one said so."""
+        if self._stepping:
+            return
+        self._stepping = True
+        try:
+            while self.relay is None and self.requests and self.transport is not None and not self._closed:
+                request = self.requests.popleft()
+                if self._paused and len(self.requests) < MAX_PIPELINED:
+                    self._paused = False
+                    self.transport.resume_reading()
+                try:
+                    route = self.front.dispatch(request)
+                except Exception:
+                    log.exception("front: request failed")
+                    self.write(reply(502, "The router failed on this request.", "router_failed"))
+                    self.close()
+                    return
+                self.relay = Relay(self, request, route)
+                self.relay.start()
+            if self.idle() and self._refused:
+                self._end()
+        finally:
+            self._stepping = False
+
+    def relayed(self, keep: bool) -> None:
+        """The answer in progress is out; ``keep``: the client connection may stay open."""
+        self.relay = None
+        self.last = self._loop.time()
+        if not keep or self.front.closing or (self._refused and not self.requests):
+            self._end()
+            return
+        self._next()
+
+    def _end(self) -> None:
+        if self._final is not None:
+            self.write(self._final)
+            self._final = None
+        self.close()
+
     def _header(self, name: bytes) -> bytes | None:
         for key, value in self._headers:
             if key == name:
@@ -508,52 +665,17 @@ class Client(asyncio.Protocol):
         if self._refused:
             return
         self._refused = True
-        if self.task is None:
+        if self.idle():
             self.write(response)
             self.close()
         else:
             self._final = response
-
-    async def _answer(self) -> None:
-        try:
-            while self.requests:
-                request = self.requests.popleft()
-                if self.transport is not None and len(self.requests) < MAX_PIPELINED:
-                    self.transport.resume_reading()
-                keep = await self.front.relay(self, request)
-                if not keep or self.front.closing or (self._refused and not self.requests):
-                    if self._final is not None:
-                        self.write(self._final)
-                    self.close()
-                    return
-        except asyncio.CancelledError:
-            return
-        except Exception:
-            log.exception("front: request failed")
-            self.write(reply(502, "The router failed on this request.", "router_failed"))
-            self.close()
-            return
-        finally:
-            self.task = None
-        self._arm_idle()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
 
     def close(self) -> None:
+        self._closed = True
         if self.transport is not None:
             self.transport.close()
-
-    def _arm_idle(self) -> None:
-        self._idle = self._loop.call_later(self.front.limits.keepalive_s, self._check_idle)
-
-    def _check_idle(self) -> None:
-        self._idle = None
-        if self.task is not None:
-            return
-        left = self._last + self.front.limits.keepalive_s - self._loop.time()
-        if left > 0:
-            self._idle = self._loop.call_later(left, self._check_idle)
-        else:
-            self.close()

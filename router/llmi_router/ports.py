@@ -67,9 +67,15 @@ class ControlPlane(Protocol):
 @runtime_checkable
 class ReadinessProbe(Protocol):
     """Optional for a control plane: whether ``model`` is ready now, so that the router may skip
-    its strict body check (the runtime checks again) when no load can follow."""
+    its strict body check (the runtime checks again) when no load can follow, and a lease taken
+    without waiting, for the front door's fast path."""
 
     def is_ready(self, model: str) -> bool: ...
+
+    def hold_now(self, model: str) -> Lease | None:
+        """A lease on ``model`` when one can be granted this instant (ready, below its concurrency
+        bound, nothing queued before it), else None; never waits, never starts a load."""
+        ...
 
 
 @runtime_checkable

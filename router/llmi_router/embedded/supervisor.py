@@ -130,13 +130,28 @@ class Supervisor:
         slot = self.world.slots.get(model)
         return slot is not None and slot.state is State.READY and not slot.removed
 
+    def hold_now(self, model: str) -> OnceLease | None:
+        """A lease granted this instant, or None: the front door then sends the request to the
+        app, which waits for it. A want that would queue (at the concurrency bound) is withdrawn."""
+        if not self.is_ready(model) or self._inbox or self._applying or self._owner is None or self._owner.done():
+            return None
+        wid = next_waiter_id()
+        future: asyncio.Future[OnceLease] = asyncio.get_running_loop().create_future()
+        self._futures[wid] = future
+        self._post_hot(s.Want(wid, model))  # applied inline: the inbox is empty
+        if future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()
+        self._abandon(wid, future)
+        return None
+
     def engine(self, model: str) -> str | None:
         """The engine that serves (or would serve) ``model``: "vllm" or "transformers"."""
         slot = self.world.slots.get(model)
         if slot is None:
             return None
-        where = planner.placement(slot.entry.memory_bytes, self.budget, slot.entry.placement)
-        engine = self._engine(slot.entry, slot.placement or _kind(where))
+        entry = slot.entry
+        placement = slot.placement or _kind(planner.placement(entry.memory_bytes, self.budget, entry.placement))
+        engine = self._engine(slot.entry, placement)
         return engine if engine in ("vllm", "transformers") else None
 
     def model_type(self, model: str) -> str | None:
