@@ -140,6 +140,25 @@ def test_every_state_and_event(config: str, state: s.State, variant: dict[str, A
         assert (after, effects) == step(world, s.Tick(), NOW, CONFIGS[config])
 
 
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize("state", list(s.State))
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if not v["waiting"]])
+@pytest.mark.parametrize("event", [s.Want(8, "m"), s.Release("m"), s.Want(8, "o"), s.Release("o")])
+def test_a_request_event_takes_the_short_way_only_where_it_ends_the_same(
+    config: str, state: s.State, variant: dict[str, Any], event: s.Event
+) -> None:
+    """The short way skips only the deadlines, which the owner's timer brings; so wherever no
+    deadline is due, it is exactly the full step, and it is taken for a ready model."""
+    world = world_with(state, **variant, gpu=config == "gpu-parking")
+    full = step_module._full_step(world, event, NOW, CONFIGS[config])
+    short = step_module._request_event(world, event, NOW, CONFIGS[config])  # type: ignore[arg-type]
+    slot = world.slots[event.model]  # type: ignore[attr-defined]
+    if slot.state is s.State.READY and not (isinstance(event, s.Want) and slot.removed):
+        assert short is not None
+    if short is not None and step(world, s.Tick(), NOW, CONFIGS[config]) == (world, []):
+        assert short == full
+
+
 def test_every_edge_of_the_table_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     """No dead edge: each (from, to) of TRANSITIONS happens for some (state, event) case above."""
     taken: set[tuple[s.State, s.State]] = set()

@@ -134,10 +134,43 @@ class _Builder:
 
 def step(world: World, event: Event, now: float, config: Config) -> tuple[World, list[Effect]]:
     """The next world and what to do, for one event. Never raises for a well-formed event."""
+    if not world.waiters and not world.closing and isinstance(event, Want | Release):
+        hot = _request_event(world, event, now, config)
+        if hot is not None:
+            return hot
+    return _full_step(world, event, now, config)
+
+
+def _full_step(world: World, event: Event, now: float, config: Config) -> tuple[World, list[Effect]]:
     b = _Builder(world, now, config)
     _apply(b, event)
     _schedule(b)
     return b.world(), b.effects
+
+
+def _request_event(
+    world: World, event: Want | Release, now: float, config: Config
+) -> tuple[World, list[Effect]] | None:
+    """A request's own event on a serving model while nothing waits: what the full step gives,
+    without its scans (two events a request). Scheduling would find nothing to do: no waiter to
+    grant or to make room for, no drain this changes. Only deadlines are not checked here; the
+    owner's timer brings those (``next_wakeup``), and these two events bring none forward."""
+    slot = world.slots.get(event.model)
+    if slot is None or slot.state is not State.READY:
+        return None
+    effects: list[Effect]
+    if isinstance(event, Want):
+        if slot.removed or slot.in_flight >= config.max_concurrent:
+            return None
+        assert slot.url is not None
+        new = _with(slot, {"in_flight": slot.in_flight + 1, "last_used": now})
+        effects = [Grant(event.waiter, event.model, slot.url)]
+    else:
+        new = _with(slot, {"in_flight": max(0, slot.in_flight - 1), "last_used": now, "answered": slot.answered + 1})
+        effects = [Measure(event.model, slot.attempt)] if slot.answered == 0 else []
+    slots = dict(world.slots)
+    slots[event.model] = new
+    return World(slots, (), False, world.close_deadline), effects
 
 
 def _apply(b: _Builder, event: Event) -> None:

@@ -335,6 +335,8 @@ class Supervisor:
         self._apply(event)
         if isinstance(event, s.Want) and event.waiter not in self._futures:
             return  # granted at once: in flight now, so no idle timer of this model can start
+        if isinstance(event, s.Release) and (slot := self.world.slots.get(event.model)) and slot.in_flight:
+            return  # still busy: its idle timer does not start yet
         wake = next_wakeup(self.world, self.clock(), self.config)
         if wake is not None and (self._sleeping_until is None or wake < self._sleeping_until):
             self._wakeup.set()
@@ -569,11 +571,11 @@ class Supervisor:
                 series = self._series[name] = _Series(
                     m.queue.labels(name), m.memory_estimated.labels(name), m.in_flight.labels(name)
                 )
+                # Read when scraped: it changes twice a request, and setting a gauge takes a lock.
+                series.in_flight.set_function(functools.partial(self._in_flight, name))
             if shown is None or shown[1] != waiting:
                 series.queue.set(waiting)
             before = shown[0] if shown is not None else None
-            if before is None or before.in_flight != slot.in_flight:
-                series.in_flight.set(slot.in_flight)
             if before is None or before.entry.memory_bytes != slot.entry.memory_bytes:
                 series.estimated.set(slot.entry.memory_bytes)
             if slot.measured is not None and (before is None or before.measured != slot.measured):
@@ -584,6 +586,10 @@ class Supervisor:
         for name in [n for n in self._published if n not in self.world.slots]:
             del self._published[name]
             self._series.pop(name, None)
+
+    def _in_flight(self, name: str) -> float:
+        slot = self.world.slots.get(name)
+        return float(slot.in_flight) if slot is not None else 0.0
 
     def _note(self, note: s.Note) -> None:
         self._log(note)
