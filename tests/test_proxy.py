@@ -107,9 +107,10 @@ class FakeControl(ControlStubs):
 
 
 @asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[str]:
+async def serving(app: Any, **config: Any) -> AsyncIterator[str]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    options: dict[str, Any] = {"log_level": "warning", "lifespan": "on"} | config
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
     task = asyncio.create_task(server.serve())
     await eventually(lambda: server.started or task.done(), what="a server to start")
     try:

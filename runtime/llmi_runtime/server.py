@@ -14,6 +14,7 @@ from llmi.modeltypes import ModelType
 from llmi.settings import Settings
 from llmi_runtime.app import build_app
 from llmi_runtime.engines.base import LoadOptions
+from llmi_runtime.http_protocol import OneWriteHttpToolsProtocol
 from llmi_runtime.lifeline import die_with_parent
 from llmi_runtime.state import RuntimeState
 
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         # generation 2x slower in bench/runtime_bench.py.
         loop="asyncio",
         ws="none",  # nothing here speaks websockets; and importing them costs a switch 45 ms
+        http=OneWriteHttpToolsProtocol,  # a short answer in one send, not two
         host=args.host,
         port=args.port,
         log_level=settings.log_level.lower(),
