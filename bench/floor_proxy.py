@@ -28,7 +28,10 @@ class FloorProxy:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
-                    self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+                    # Idle connections go before the runtime's own keep-alive timeout (uvicorn's 5 s)
+                    # closes them: reusing one it is closing fails the request.
+                    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
+                    self.session = aiohttp.ClientSession(connector=connector)
                     await send({"type": "lifespan.startup.complete"})
                 else:
                     if self.session is not None:
@@ -38,6 +41,8 @@ class FloorProxy:
         chunks = []
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                return
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break

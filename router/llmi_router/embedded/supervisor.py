@@ -91,7 +91,7 @@ class Supervisor:
         self._applying = False  # an event is going through step() now: another one waits its turn
         self._changed = asyncio.Event()
         self._owner: asyncio.Task[None] | None = None
-        self._futures: dict[int, asyncio.Future[OnceLease]] = {}
+        self._futures: dict[int, asyncio.Future[OnceLease] | _Inline] = {}
         self._handles: dict[str, tuple[int, Handle, Launcher]] = {}
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
@@ -136,13 +136,11 @@ class Supervisor:
         if not self.is_ready(model) or self._inbox or self._applying or self._owner is None or self._owner.done():
             return None
         wid = next_waiter_id()
-        future: asyncio.Future[OnceLease] = asyncio.get_running_loop().create_future()
-        self._futures[wid] = future
+        answer = self._futures[wid] = _Inline()
         self._post_hot(s.Want(wid, model))  # applied inline: the inbox is empty
-        if future.done() and not future.cancelled() and future.exception() is None:
-            return future.result()
-        self._abandon(wid, future)
-        return None
+        if answer.lease is None and self._futures.pop(wid, None) is not None:
+            self.post(s.Cancel(wid))  # it queued: withdrawn
+        return answer.lease
 
     def engine(self, model: str) -> str | None:
         """The engine that serves (or would serve) ``model``: "vllm" or "transformers"."""
@@ -678,6 +676,24 @@ def _mtime(path: Path) -> int:
 
 def _wall(monotonic_time: float, clock: Callable[[], float]) -> float:
     return round(time.time() - (clock() - monotonic_time), 3)
+
+
+class _Inline:
+    """Where a want applied inline gets its answer (``hold_now``): no future, no event loop."""
+
+    __slots__ = ("lease",)
+
+    def __init__(self) -> None:
+        self.lease: OnceLease | None = None
+
+    def done(self) -> bool:
+        return False  # answered once, then popped
+
+    def set_result(self, lease: OnceLease) -> None:
+        self.lease = lease
+
+    def set_exception(self, error: BaseException) -> None:
+        pass  # refused: the caller goes the long way, where the app answers it
 
 
 @dataclass(frozen=True)
