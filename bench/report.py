@@ -95,6 +95,16 @@ def router_rows(raw: dict[str, Any]) -> list[Row]:
         peer_cpu = _get(litellm, "proxy CPU per request", "litellm")
         rows.append(Row("router", "router CPU per request", cpu["router"], peer_cpu, "LiteLLM proxy", "ms",
                         cpu["router"], 0.4, "max", "<= 0.4 ms"))  # fmt: skip
+        floor_cpu = _get(floor, "proxy CPU per request", "floor")
+        rows.append(Row("router", "router CPU per request vs the floor proxy", cpu["router"], floor_cpu,
+                        "floor proxy", "ms", _ratio(cpu["router"], floor_cpu), math.nan, "max",
+                        "context: the same machine's pace, in the same run"))  # fmt: skip
+        for n in sorted({1, c}):
+            split = router.get(f"proxy CPU per request C={n}")
+            if split is not None:
+                rows.append(Row("router", f"router CPU per request at C={n}", split["router"],
+                                _get(floor, f"proxy CPU per request C={n}", "floor"), "floor proxy", "ms",
+                                split["router"], math.nan, "max", "context"))  # fmt: skip
     label = next((k for k in router if k.startswith("proxy CPU per stream")), None)
     if label is not None:
         rows.append(Row("router", f"router {label[len('proxy '):]}", router[label]["router"],

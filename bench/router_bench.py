@@ -87,6 +87,7 @@ class Target:
     pid: int | None = None  # the proxy process whose CPU is counted
     cpu_s: float = 0.0  # over the 1-string embeddings and 1-token chats
     proxied: int = 0
+    cpu_by_concurrency: dict[int, tuple[float, int]] = field(default_factory=dict)  # (seconds, requests)
     stream_cpu_s: float = 0.0  # over the streamed chats, apart: each relays dozens of events
     streamed: int = 0
     stream_total: list[float] = field(default_factory=list)
@@ -226,16 +227,19 @@ async def streams(target: Target, body: bytes, n: int) -> None:
         target.stream_tokens.add(tokens)
 
 
-async def timed(t: Target, work: Any, n: int, streamed: bool = False) -> None:
+async def timed(t: Target, work: Any, n: int, concurrency: int = 1, streamed: bool = False) -> None:
     """Run one batch of ``n`` requests on ``t``, counting its proxy's CPU time."""
     before = cpu_seconds(t.pid)
     await work
+    spent = cpu_seconds(t.pid) - before
     if streamed:
-        t.stream_cpu_s += cpu_seconds(t.pid) - before
+        t.stream_cpu_s += spent
         t.streamed += n
     else:
-        t.cpu_s += cpu_seconds(t.pid) - before
+        t.cpu_s += spent
         t.proxied += n
+        seconds, requests = t.cpu_by_concurrency.get(concurrency, (0.0, 0))
+        t.cpu_by_concurrency[concurrency] = (seconds + spent, requests + n)
 
 
 async def measure(
@@ -271,7 +275,7 @@ async def measure(
                     await timed(t, sequential(t, kind, body[kind], n), n)
             for kind in PATHS:
                 for t in order:
-                    await timed(t, concurrent(t, kind, body[kind], n, args.concurrency), n)
+                    await timed(t, concurrent(t, kind, body[kind], n, args.concurrency), n, args.concurrency)
             for t in order:
                 await timed(t, streams(t, body["stream"], s), s, streamed=True)
     return {t.name: summarize(t) for t in targets}
@@ -287,6 +291,8 @@ def summarize(t: Target) -> Row:
     row["stream_ttft_p50_ms"] = 1000 * percentile(t.ttft, 0.5)
     row["stream_total_p50_ms"] = 1000 * percentile(t.stream_total, 0.5)
     row["cpu_ms_per_request"] = 1000 * t.cpu_s / t.proxied if t.pid is not None and t.proxied else math.nan
+    for c, (seconds, requests) in t.cpu_by_concurrency.items():
+        row[f"cpu_ms_per_request_c{c}"] = 1000 * seconds / requests if t.pid is not None and requests else math.nan
     row["cpu_ms_per_stream"] = 1000 * t.stream_cpu_s / t.streamed if t.pid is not None and t.streamed else math.nan
     row["stream_texts"] = sorted(t.stream_texts)
     row["stream_tokens"] = sorted(t.stream_tokens)
@@ -407,6 +413,15 @@ def compare(rows: dict[str, Row], concurrency: int) -> dict[str, dict[str, Row]]
             }
         cpu = rows[proxy]["cpu_ms_per_request"]
         table["proxy CPU per request"] = {"unit": "ms", "direct": 0.0, proxy: cpu, "ratio": math.nan, "added_ms": cpu}
+        for c in (1, concurrency):  # apart: one at a time, every request wakes the proxy on its own
+            cpu = rows[proxy].get(f"cpu_ms_per_request_c{c}", math.nan)
+            table[f"proxy CPU per request C={c}"] = {
+                "unit": "ms",
+                "direct": 0.0,
+                proxy: cpu,
+                "ratio": math.nan,
+                "added_ms": cpu,
+            }
         cpu = rows[proxy]["cpu_ms_per_stream"]
         label = f"proxy CPU per stream of {STREAM_TOKENS} tokens"
         table[label] = {"unit": "ms", "direct": 0.0, proxy: cpu, "ratio": math.nan, "added_ms": cpu}
