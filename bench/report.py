@@ -100,10 +100,10 @@ def router_rows(raw: dict[str, Any]) -> list[Row]:
                         "floor proxy", "ms", _ratio(cpu["router"], floor_cpu), math.nan, "max",
                         "context: the same machine's pace, in the same run"))  # fmt: skip
         for n in sorted({1, c}):
-            split = router.get(f"proxy CPU per request C={n}")
+            split = router.get(f"proxy CPU per request (C={n})")
             if split is not None:
                 rows.append(Row("router", f"router CPU per request at C={n}", split["router"],
-                                _get(floor, f"proxy CPU per request C={n}", "floor"), "floor proxy", "ms",
+                                _get(floor, f"proxy CPU per request (C={n})", "floor"), "floor proxy", "ms",
                                 split["router"], math.nan, "max", "context"))  # fmt: skip
     label = next((k for k in router if k.startswith("proxy CPU per stream")), None)
     if label is not None:

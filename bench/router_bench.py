@@ -415,7 +415,7 @@ def compare(rows: dict[str, Row], concurrency: int) -> dict[str, dict[str, Row]]
         table["proxy CPU per request"] = {"unit": "ms", "direct": 0.0, proxy: cpu, "ratio": math.nan, "added_ms": cpu}
         for c in (1, concurrency):  # apart: one at a time, every request wakes the proxy on its own
             cpu = rows[proxy].get(f"cpu_ms_per_request_c{c}", math.nan)
-            table[f"proxy CPU per request C={c}"] = {
+            table[f"proxy CPU per request (C={c})"] = {
                 "unit": "ms",
                 "direct": 0.0,
                 proxy: cpu,
