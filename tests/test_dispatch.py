@@ -132,8 +132,9 @@ def test_a_fast_stream_carries_the_error_event_that_ends_it_if_the_runtime_break
     chat = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
     streamed = dispatch(request("/v1/chat/completions", {**chat, "stream": True}))
     assert streamed.stream_error is not None
-    event = json.loads(streamed.stream_error.strip().split(b"\n\n")[0].removeprefix(b"data: "))
+    events = streamed.stream_error()
+    event = json.loads(events.strip().split(b"\n\n")[0].removeprefix(b"data: "))
     assert event["error"]["code"] == "upstream_failed"
     assert "'chat' failed mid-stream" in event["error"]["message"]
-    assert streamed.stream_error.endswith(b"data: [DONE]\n\n")
+    assert events.endswith(b"data: [DONE]\n\n")
     assert (dispatch(request("/v1/chat/completions", chat))).stream_error is None

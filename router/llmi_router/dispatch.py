@@ -9,6 +9,7 @@ runtime cannot be reached before any byte falls back there too (the app retries 
 
 from __future__ import annotations
 
+import functools
 import time
 from urllib.parse import urlsplit
 
@@ -46,14 +47,12 @@ class GatewayDispatch:
         except ValidationError:
             return slow
         model, probe = fields.model, gateway.probe
-        if model is None or probe is None or not probe.is_ready(model) or gateway.vllm_serves(model):
-            return slow
-        if not gateway.serves(model, path):
-            return slow  # the app answers 400
+        if model is None or probe is None or gateway.vllm_serves(model) or not gateway.serves(model, path):
+            return slow  # the app loads, answers 404 or 400, or maps vLLM's errors
         t0 = time.perf_counter()
         lease = probe.hold_now(model)
         if lease is None:
-            return slow  # it would have to wait (at its concurrency bound): the app queues it
+            return slow  # not ready, or it would have to wait (its concurrency bound): the app does
         head = _RUNTIME_HEAD % (path.encode(), len(request.body))
         return Route(
             self._address(lease.url),
@@ -61,7 +60,7 @@ class GatewayDispatch:
             lease.release,
             finished=lambda status: gateway.count_known(model, path, status, t0),
             fallback=slow,
-            stream_error=broken_stream_events(model) if fields.stream else None,
+            stream_error=functools.partial(broken_stream_events, model) if fields.stream else None,
         )
 
     def _address(self, url: str) -> Address:

@@ -82,7 +82,7 @@ class Route:
     release: Callable[[], None] = _nothing  # exactly once, on every way out
     finished: Callable[[int], None] = _ignore  # the status relayed (499: the client left)
     fallback: Route | None = None  # where it goes instead when ``address`` fails before any byte
-    stream_error: bytes | None = None  # SSE events that end a chunked stream the upstream broke off
+    stream_error: Callable[[], bytes] | None = None  # the SSE events that end a chunked stream broken off
 
 
 class Dispatch(Protocol):
@@ -271,6 +271,9 @@ class Relay:
 
     def start(self) -> None:
         self.front.relays.add(self)
+        self._attempt()
+
+    def _attempt(self) -> None:
         upstream = self.front.pool.take(self.route.address)
         if upstream is not None:
             self._send(upstream, reused=True)
@@ -349,9 +352,10 @@ class Relay:
             return
         upstream.abort()
         if self.relayed:
-            error = self.route.stream_error
-            if error is not None and upstream.event_stream and not upstream.in_chunk:
+            events = self.route.stream_error
+            if events is not None and upstream.event_stream and not upstream.in_chunk:
                 # Between two chunks of an event stream: end it with an error event, as the app does.
+                error = events()
                 self.client.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(error), error))
                 self._answered(502, keep=False)
             else:
@@ -361,8 +365,7 @@ class Relay:
             self._failed("timeout")
         elif self.reused and not self.retried:
             self.retried = True  # a stale keep-alive connection: once more on a new one
-            self.front.relays.discard(self)
-            self.start()
+            self._attempt()
         else:
             self._failed("unreachable")
 
@@ -373,8 +376,7 @@ class Relay:
         if how == "unreachable" and fallback is not None:
             self.route = fallback
             self.released = self.retried = False
-            self.front.relays.discard(self)
-            self.start()
+            self._attempt()
             return
         limit = self.front.limits.read_timeout_s
         message = (
@@ -438,7 +440,6 @@ class Front:
         self._drained: asyncio.Future[None] | None = None
 
     async def start(self, host: str, port: int) -> asyncio.Server:
-        self.loop = asyncio.get_running_loop()
         self.server = await self.loop.create_server(lambda: Client(self), host, port, reuse_address=True, backlog=2048)
         return self.server
 

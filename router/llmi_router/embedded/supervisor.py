@@ -149,7 +149,7 @@ class Supervisor:
             return None
         entry = slot.entry
         placement = slot.placement or _kind(planner.placement(entry.memory_bytes, self.budget, entry.placement))
-        engine = self._engine(slot.entry, placement)
+        engine = self._engine(entry, placement)
         return engine if engine in ("vllm", "transformers") else None
 
     def model_type(self, model: str) -> str | None:
