@@ -17,7 +17,7 @@ from llmi.names import valid_name
 from llmi.protocol.common import ErrorResponse
 from llmi.protocol.models import ModelCard
 from llmi.settings import Settings
-from llmi.web import parse_body
+from llmi.web import SSE_HEADERS, parse_body
 from llmi_router.events import EventHub, event_json
 from llmi_router.ports import ControlPlane
 
@@ -27,7 +27,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for status, what in ((400, "Bad request"), (401, "No or a wrong API key"), (404, "Unknown model"),
                          (501, "Not offered by this control plane"), (503, "Not ready in time"))
 }  # fmt: skip
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class Unsupported(LlmiError):
