@@ -83,10 +83,13 @@ def png_b64() -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def body_for(model: str, image: str) -> tuple[str, dict[str, Any]]:
+def body_for(model: str, image: str, switch: bool = False) -> tuple[str, dict[str, Any]]:
+    """The storm's request for ``model``; for a switch, the floors' own work (one new token)."""
     fallback = STORM_MODELS["tiny-llama-chat"] if kind_of(model) == "chat" else ("/v1/embeddings", {"input": "hello"})
     path, body = STORM_MODELS.get(model, fallback)
     body = json.loads(json.dumps(body).replace('"IMAGE"', json.dumps(image)))
+    if switch and "max_tokens" in body:
+        body["max_tokens"] = 1  # LOAD_AND_ANSWER generates one token: compare like with like
     return path, {"model": model, **body}
 
 
@@ -175,8 +178,16 @@ def import_libraries() -> None:
 # -- llmi --------------------------------------------------------------------------------------
 
 
+def user_env(**extra: str) -> dict[str, str]:
+    """The tests' runtime environment, less their one-thread limit: llmi and the bare start run with
+    torch's own thread count, as the in-process floor (this process) does."""
+    env = runtime_env(**extra)
+    env.pop("OMP_NUM_THREADS", None)
+    return env
+
+
 def serve_env(before: Path | None) -> dict[str, str]:
-    env = runtime_env(LLM_LOG_LEVEL="WARNING", LLM_AUTO_UNLOAD_MODELS="false")
+    env = user_env(LLM_LOG_LEVEL="WARNING", LLM_AUTO_UNLOAD_MODELS="false")
     if before is not None:
         env["PYTHONPATH"] = os.pathsep.join(str(before / p) for p in ("", "runtime", "router", "operator"))
         env["PYTHONSAFEPATH"] = "1"  # `python -m` must not put this checkout's folder first
@@ -188,7 +199,7 @@ def start(models: Path, log_dir: Path, budget_gb: float, before: Path | None) ->
 
 
 def request(client: httpx.Client, url: str, model: str, image: str) -> float:
-    path, body = body_for(model, image)
+    path, body = body_for(model, image, switch=True)
     t0 = time.perf_counter()
     response = client.post(f"{url}{path}", json=body, timeout=600)
     elapsed = time.perf_counter() - t0
@@ -405,7 +416,7 @@ def switch_part(
     if args.real_dir is not None:
         folders = {**folders, **{p.name: p for p in args.real_dir.iterdir() if (p / "config.json").is_file()}}
         pairs.append(REAL_PAIR)
-    env = runtime_env()
+    env = user_env()
     import_libraries()
     out: dict[str, Any] = {}
     for pair in pairs:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from pathlib import Path
 
-from llmi_runtime.forkserver import model_modules, warm_for
+import pytest
+
+from llmi_runtime.engines.base import LoadOptions
+from llmi_runtime.forkserver import checkpoint_keys, model_modules, warm_for, warm_renames
 
 
 def test_a_models_own_modules_are_named_and_imported(tiny_models: dict[str, Path]) -> None:
@@ -30,3 +34,25 @@ def test_folders_that_name_no_known_model_type_warm_nothing(tmp_path: Path) -> N
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "no_such_architecture_here"}))
     assert model_modules(tmp_path) == []
     warm_for(["--name", "x", "--model"])  # a malformed command line is the child's to reject
+
+
+def test_a_checkpoints_tensor_names_are_read_from_its_headers(tiny_models: dict[str, Path]) -> None:
+    from safetensors.torch import load_file
+
+    folder = tiny_models["tiny-llama-chat"]
+    keys = checkpoint_keys(folder)
+    assert keys
+    assert sorted(keys) == sorted(load_file(folder / "model.safetensors"))
+    assert checkpoint_keys(folder.parent) == []  # a folder without weights has none
+    threads = threading.active_count()
+    warm_renames(folder)
+    assert threading.active_count() == threads
+
+
+def test_a_cpu_load_copies_tensors_in_order_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_DEACTIVATE_ASYNC_LOAD", raising=False)
+    LoadOptions(device="cpu").prepare_process()
+    assert os.environ["HF_DEACTIVATE_ASYNC_LOAD"] == "1"
+    monkeypatch.setenv("HF_DEACTIVATE_ASYNC_LOAD", "0")
+    LoadOptions(device="cpu").prepare_process()
+    assert os.environ["HF_DEACTIVATE_ASYNC_LOAD"] == "0"

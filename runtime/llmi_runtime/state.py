@@ -79,6 +79,7 @@ class RuntimeState:
 
         def load_on_worker() -> Any:
             self.probe.mark_init()  # the device's free memory before the weights arrive
+            self.options.prepare_process()
             return load_engine(self.model_type, self.path, self.options, self.settings.vllm_max_model_len)
 
         try:
