@@ -27,11 +27,15 @@ class FakeHandle:
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.exited = self._exit
         self.stopped = False
+        self.killed = False  # SIGKILL sent, before the stop waits for the exit
         self.grace_s: float | None = None  # of the stop
         self.stop_gate: asyncio.Event | None = None  # set by a test to hold a stop midway
 
     def reason(self) -> str:
         return "fake runtime said goodbye"
+
+    def kill(self) -> None:
+        self.killed = True
 
     async def stop(self, grace_s: float = 10.0) -> int:
         if self.stop_gate is not None:

@@ -37,8 +37,23 @@ async def test_a_victim_whose_room_is_awaited_is_killed_at_once_others_stop_grac
     assert launcher.handles["b"].grace_s == STOP_GRACE_S
 
 
+async def test_a_killed_cpu_victims_room_is_free_before_its_exit_is_seen() -> None:
+    sup, launcher, clock = await make(entry("a"), entry("b"), budget_gib=1.5)  # holds one
+    await use(sup, "a")
+    launcher.handles["a"].stop_gate = asyncio.Event()  # its exit is not seen yet
+    clock.now += 1
+    lease = await asyncio.wait_for(sup.acquire("b", 30), 10)
+    assert launcher.handles["a"].killed  # SIGKILL went out before its room was given away
+    assert states(sup) == {"a": "stopped", "b": "ready"}
+    lease.release()
+    launcher.handles["a"].stop_gate.set()
+    await sup.settled()
+    assert launcher.handles["a"].stopped
+
+
 async def test_a_model_still_stopping_is_not_followed_by_a_second_eviction() -> None:
-    sup, launcher, clock = await make(entry("a"), entry("b"), entry("c"))
+    # On a GPU the driver frees a killed runtime's memory in its own time: its exit is waited for.
+    sup, launcher, clock = await make(entry("a"), entry("b"), entry("c"), gpu=True)
     for name in "ab":
         clock.now += 1
         await use(sup, name)

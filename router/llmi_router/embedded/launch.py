@@ -40,6 +40,10 @@ class Handle(Protocol):
 
     def reason(self) -> str: ...
 
+    def kill(self) -> None:
+        """SIGKILL it now, without waiting for the exit (``stop`` waits)."""
+        ...
+
     async def stop(self, grace_s: float = 10.0) -> int: ...
 
 

@@ -76,6 +76,10 @@ class RuntimeHandle:
                 return line.strip()[-500:]
         return self.tail[-1].strip()[-500:] if self.tail else "no output"
 
+    def kill(self) -> None:
+        if not self.exited.done():
+            _killpg(self.pid, signal.SIGKILL)
+
     async def stop(self, grace_s: float = 10.0) -> int:
         """SIGTERM the process group, SIGKILL after the grace period (at once for none), wait for
         the exit. Idempotent."""
