@@ -49,6 +49,8 @@ PRELOAD = (
     "fastapi",
     "uvicorn",
     "llmi.cli",
+    "llmi.runtime_args",
+    "llmi.catalog.estimate",
     "llmi_runtime.server",
     "llmi_runtime.engines.chat",
     "llmi_runtime.engines.embedding",

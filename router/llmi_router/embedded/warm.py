@@ -119,7 +119,6 @@ class WarmLauncher(RuntimeClient):
             port = free_port()
             argv = runtime_argv(name, *args, port)
             try:
-                self._pss = None  # a new child shares the server's pages: its PSS changes
                 return await _fork(server, name, port, argv, env)
             except ForkServerGone as exc:
                 log.warning("warm runtimes: fork server failed to start %s (%s); starting it cold", name, exc)
@@ -128,9 +127,11 @@ class WarmLauncher(RuntimeClient):
     def reserved_bytes(self) -> int:
         """The fork server's own PSS; pages its children still share with it are split between them.
 
-        Read again after a fork or at most every PSS_MAX_AGE_S: reading smaps_rollup of a process
-        that holds the libraries takes milliseconds, and the figure moves only as children come
-        and go (a child's exit frees far more than the share it leaves to the server)."""
+        Read at most every PSS_MAX_AGE_S: reading smaps_rollup of a process that holds the
+        libraries takes milliseconds (read again at each fork, it sat between a runtime's readiness
+        and its first request), and the figure moves only as children come and go. A fork only
+        lowers it (the server's pages become shared), so the figure kept is an over-count then; a
+        child's exit frees far more than the share it leaves to the server."""
         server = self._live() or self._spawning
         if server is None:
             return 0
