@@ -167,6 +167,11 @@ def switch_rows(raw: dict[str, Any]) -> list[Row]:
         rows.append(Row("storm", "storm p50 latency", mine.get("p50_s"), before.get("p50_s"),
                         "before the supervisor rewrite", "s", storm.get("p50_ratio"), 1 / 3, "max",
                         "<= 1/3 of before"))  # fmt: skip
+        simulated = (storm.get("simulated_loads") or {}).get("2 resident")
+        if simulated:
+            rows.append(Row("storm", "storm loads vs an idealised reordering scheduler", mine.get("loads"), simulated,
+                            "simulated, same plan, 2 resident", "loads", _ratio(mine.get("loads"), simulated),
+                            math.nan, "max", "context: the fewest loads this plan allows"))  # fmt: skip
         bad = len(mine.get("bad") or [])
         rows.append(Row("storm", "storm requests lost or malformed", bad, None, "-", "requests", bad, 0, "max", "0"))
     for model, m in (raw.get("memory") or {}).items():
