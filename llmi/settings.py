@@ -141,6 +141,13 @@ class Settings(BaseSettings):
         description="A loaded model with queued work is kept (fewer swaps) until another model's request "
         "has waited this long (s); then it drains and makes room.",
     )
+    swap_linger_ms: float = Field(
+        20.0,
+        ge=0,
+        description="A loaded model that served several requests and just went idle keeps its room this long "
+        "(ms) before another model's request takes it: the clients it answered are often sending their next "
+        "request already. A model that served one request makes room at once.",
+    )
     max_load_failures: int = Field(5, ge=1, description="Quick crashes in a row before a model is marked failed.")
     load_retry_s: float = Field(
         30.0, gt=0, description="Wait after a failed load before the next try (s); doubles per failure, max 600."

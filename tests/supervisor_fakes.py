@@ -122,6 +122,7 @@ async def make(
     budget = planner.Budget(
         int(budget_gib * GIB), gpu=gpu, offload_enabled=False, offload_threshold_bytes=4 * GIB, cache_size_per_type=8
     )
+    settings.setdefault("swap_linger_ms", 0)  # a fake clock stands still: lingering is tested on its own
     s = Settings(_env_file=None, **settings)  # type: ignore[call-arg]
     sup = Supervisor(s, budget, RouterMetrics(), clock=clock, launcher=launcher, host_budget_bytes=int(host_gib * GIB))
     await sup.update_catalog(Catalog(tuple(entries), ()))

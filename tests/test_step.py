@@ -22,6 +22,7 @@ CPU = planner.Budget(int(2.5 * GIB), gpu=False, offload_enabled=False, offload_t
 GPU = replace(CPU, gpu=True)
 CONFIGS = {
     "cpu": s.Config(CPU, fairness_s=5, load_timeout_s=60, idle_timeout_s=600, removed_grace_s=30),
+    "cpu-linger": s.Config(CPU, fairness_s=5, load_timeout_s=60, idle_timeout_s=600, removed_grace_s=30, linger_s=0.02),
     "gpu-parking": s.Config(GPU, host_budget_bytes=8 * GIB, park_residue_bytes=GIB // 4, fairness_s=5),
 }
 EFFECT_STATE = {s.Stop: s.State.STOPPING, s.Park: s.State.PARKING, s.Wake: s.State.WAKING}

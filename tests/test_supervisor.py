@@ -387,6 +387,28 @@ async def test_queued_work_for_a_loaded_model_is_served_before_it_is_swapped_out
     assert launcher.started == ["a", "b"]
 
 
+async def test_a_model_that_served_several_requests_keeps_its_room_a_moment_when_idle() -> None:
+    sup, launcher, clock = await make(entry("a", 2), entry("b", 2), swap_linger_ms=20)
+    for _ in range(2):
+        await use(sup, "a")  # two answers: its clients may be coming back
+    wants_b = asyncio.create_task(sup.acquire("b", 30))
+    await sup.wait_until(lambda w: w.queued("b") == 1, 10)
+    assert states(sup) == {"a": "ready", "b": "stopped"}  # lingering
+    again = await asyncio.wait_for(sup.acquire("a", 30), 10)  # and a returning client finds it
+    again.release()
+    clock.now += 0.021
+    await sup.reap_idle()  # the linger is over: a tick gives its room away
+    (await asyncio.wait_for(wants_b, 10)).release()
+    assert launcher.started == ["a", "b"]
+
+
+async def test_a_model_that_served_one_request_makes_room_at_once() -> None:
+    sup, launcher, _ = await make(entry("a", 2), entry("b", 2), swap_linger_ms=20)
+    await use(sup, "a")
+    await use(sup, "b")  # no tick needed: "a" answered once, nobody is coming back to it
+    assert launcher.started == ["a", "b"]
+
+
 async def test_a_request_waiting_past_the_fairness_bound_makes_the_busy_model_drain() -> None:
     sup, launcher, clock = await make(entry("a", 2), entry("b", 2), swap_fairness_s=5)
     busy = await sup.acquire("a", 30)

@@ -122,6 +122,9 @@ class Config:
     max_queue: int = 256
     max_concurrent: int = 256
     fairness_s: float = 10.0
+    # A model that served several requests and just went idle keeps its room this long: the
+    # clients it answered are often sending their next request already (``_lingers``).
+    linger_s: float = 0.0
     load_timeout_s: float = 900.0
     idle_timeout_s: float = float("inf")
     drain_timeout_s: float = 30.0

@@ -617,7 +617,7 @@ def _placement(b: _Builder, slot: Slot) -> planner.Placement | planner.Refusal:
 
 def _as_loaded(b: _Builder, name: str, slot: Slot, overdue: bool) -> planner.Loaded:
     # Work queued for a loaded model keeps it (fewer swaps) until another request is overdue.
-    busy = 0 if overdue else slot.in_flight + b.queued(name)
+    busy = 0 if overdue else slot.in_flight + b.queued(name) + int(_lingers(b.config, slot, b.now))
     return planner.Loaded(
         name=name,
         type=slot.entry.type,
@@ -627,6 +627,19 @@ def _as_loaded(b: _Builder, name: str, slot: Slot, overdue: bool) -> planner.Loa
         in_flight=busy,
         loading=slot.state in (State.STARTING, State.WAKING, State.PARKING),
         parked=slot.state is State.PARKED,
+    )
+
+
+def _lingers(config: Config, slot: Slot, now: float) -> bool:
+    """Whether an idle ready model still keeps its room: it answered several requests this time
+    it was loaded, the last of them less than ``linger_s`` ago. Evicted at once, it was often
+    wanted again a few milliseconds later by the clients it had just answered (a storm of 24
+    clients over 6 models: 33 loads simulated without lingering, 21 with 5-20 ms)."""
+    return (
+        slot.state is State.READY
+        and not slot.in_flight
+        and slot.answered >= 2
+        and now - slot.last_used < config.linger_s
     )
 
 
@@ -652,6 +665,8 @@ def next_wakeup(world: World, now: float, config: Config) -> float | None:
         elif slot.state in (State.READY, State.PARKED) and not slot.is_pinned and not slot.in_flight:
             timeout = slot.entry.idle_timeout_s if slot.entry.idle_timeout_s is not None else config.idle_timeout_s
             times.append(slot.last_used + timeout)
+            if world.waiters and _lingers(config, slot, now):
+                times.append(slot.last_used + config.linger_s)  # its room is given away then
         elif slot.state in (State.STOPPED, State.FAILED) and name in wanted:
             times.append(slot.retry_at)
     for waiter in world.waiters:

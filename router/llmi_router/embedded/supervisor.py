@@ -49,6 +49,7 @@ def config_from(settings: Settings, budget: planner.Budget, host_budget_bytes: i
         max_queue=settings.max_queue_per_model,
         max_concurrent=settings.max_concurrent_per_model,
         fairness_s=settings.swap_fairness_s,
+        linger_s=settings.swap_linger_ms / 1000,
         load_timeout_s=settings.load_timeout_s,
         idle_timeout_s=settings.idle_timeout_s if settings.auto_unload_models else float("inf"),
         drain_timeout_s=settings.drain_timeout_s,
