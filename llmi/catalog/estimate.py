@@ -336,7 +336,8 @@ def estimate(
     overhead = libraries + math.ceil(weights * ACTIVATION_FRACTION)
     kv = 0
     if model_type is ModelType.CHAT:
-        exact = kv_cache_bytes(config, min(max_model_len, CPU_KV_RESERVE_TOKENS) if device == "cpu" else max_model_len)
+        reserved_len = min(max_model_len, CPU_KV_RESERVE_TOKENS) if device == "cpu" else max_model_len
+        exact = kv_cache_bytes(config, reserved_len)
         kv = exact if exact is not None else math.ceil(weights * KV_FALLBACK_FRACTION)
     baseline = FORKED_BASELINE_BYTES if forked and device == "cpu" else PROCESS_BASELINE_BYTES[device]
     return Estimate(weights, overhead, kv, baseline + weights + overhead + kv, baseline, device)
