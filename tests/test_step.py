@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from llmi import planner
 from llmi_router.embedded import slots as s
 from llmi_router.embedded import step as step_module
-from llmi_router.embedded.step import next_wakeup, step
+from llmi_router.embedded.step import idle_deadline, next_wakeup, step
 from tests.supervisor_fakes import GIB, entry
 
 NOW = 1000.0
@@ -152,12 +153,46 @@ def test_a_request_event_takes_the_short_way_only_where_it_ends_the_same(
     deadline is due, it is exactly the full step, and it is taken for a ready model."""
     world = world_with(state, **variant, gpu=config == "gpu-parking")
     full = step_module._full_step(world, event, NOW, CONFIGS[config])
-    short = step_module._request_event(world, event, NOW, CONFIGS[config])  # type: ignore[arg-type]
+    short = step_module.request_step(world, event, NOW, CONFIGS[config])  # type: ignore[arg-type]
     slot = world.slots[event.model]  # type: ignore[attr-defined]
     if slot.state is s.State.READY and not (isinstance(event, s.Want) and slot.removed):
         assert short is not None
     if short is not None and step(world, s.Tick(), NOW, CONFIGS[config]) == (world, []):
         assert short == full
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("state", list(s.State))
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if not v["waiting"]])
+@pytest.mark.parametrize("event", [s.Want(8, "m"), s.Release("m"), s.Want(8, "o"), s.Release("o")])
+def test_the_short_way_brings_no_deadline_sooner_than_a_releases_idle_one(
+    config: str, state: s.State, variant: dict[str, Any], event: s.Want | s.Release
+) -> None:
+    """The owner, asleep until the deadline it had, is woken by a short-way event only for
+    ``idle_deadline``: so nothing the short way brings is due sooner than both."""
+    world = world_with(state, **variant, gpu=config == "gpu-parking")
+    short = step_module.request_step(world, event, NOW, CONFIGS[config])
+    if short is None:
+        return
+    after = short[0]
+    brought = idle_deadline(after.slots[event.model], CONFIGS[config]) if isinstance(event, s.Release) else None
+    due = [t for t in (next_wakeup(world, NOW, CONFIGS[config]), brought) if t is not None and math.isfinite(t)]
+    woken = next_wakeup(after, NOW, CONFIGS[config])
+    if woken is not None and math.isfinite(woken):
+        assert due
+        assert woken >= min(due)
+
+
+def test_the_last_release_of_a_busy_world_brings_the_idle_timeout() -> None:
+    world = world_with(s.State.READY, in_flight=1)
+    world = replace(world, slots={**world.slots, "o": replace(world.slots["o"], in_flight=1)})
+    config = CONFIGS["cpu"]
+    assert next_wakeup(world, NOW, config) is None  # both busy: no timer
+    short = step_module.request_step(world, s.Release("m"), NOW, config)
+    assert short is not None
+    after = short[0]
+    assert idle_deadline(after.slots["m"], config) == NOW + config.idle_timeout_s == next_wakeup(after, NOW, config)
+    assert idle_deadline(after.slots["o"], config) is None  # still busy
 
 
 def test_every_edge_of_the_table_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -81,6 +81,32 @@ async def test_two_forked_models_both_answer(launcher: WarmLauncher, tiny_models
 
 
 @aio
+async def test_the_servers_share_is_read_again_after_a_child_exits(
+    launcher: WarmLauncher, tiny_models: dict[str, Path]
+) -> None:
+    """Its PSS is read once at first, then again (in a thread) only when a child has exited or
+    the figure is old: a child's exit leaves its share of the pages to the server."""
+    launcher.reserved_bytes()
+    while (reading := launcher._reading) is not None:  # a read an old figure started
+        await reading
+    server = await launcher.warm()
+    assert server is not None
+    assert launcher._pss is not None
+    seen_exits = launcher._pss[1]
+    handle = await start(launcher, tiny_models, "tiny-bert-embed", "embedding")
+    await launcher.wait_ready(handle, 120)
+    launcher.reserved_bytes()
+    assert launcher._reading is None  # a fork only lowers the figure: no read
+    await handle.stop()
+    kept = launcher.reserved_bytes()  # the figure kept stands while it is read again
+    assert kept == launcher._pss[3]
+    assert launcher._reading is not None
+    await launcher._reading
+    assert launcher._pss[1] == seen_exits + 1
+    assert launcher.reserved_bytes() == launcher._pss[3] > 0
+
+
+@aio
 async def test_model_that_cannot_load_fails_naming_the_reason(
     launcher: WarmLauncher, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -28,6 +28,7 @@ Scheduling rules, applied after every event:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import fields
 
@@ -134,8 +135,8 @@ class _Builder:
 
 def step(world: World, event: Event, now: float, config: Config) -> tuple[World, list[Effect]]:
     """The next world and what to do, for one event. Never raises for a well-formed event."""
-    if not world.waiters and not world.closing and isinstance(event, Want | Release):
-        hot = _request_event(world, event, now, config)
+    if isinstance(event, Want | Release):
+        hot = request_step(world, event, now, config)
         if hot is not None:
             return hot
     return _full_step(world, event, now, config)
@@ -148,13 +149,14 @@ def _full_step(world: World, event: Event, now: float, config: Config) -> tuple[
     return b.world(), b.effects
 
 
-def _request_event(
-    world: World, event: Want | Release, now: float, config: Config
-) -> tuple[World, list[Effect]] | None:
+def request_step(world: World, event: Want | Release, now: float, config: Config) -> tuple[World, list[Effect]] | None:
     """A request's own event on a serving model while nothing waits: what the full step gives,
-    without its scans (two events a request). Scheduling would find nothing to do: no waiter to
-    grant or to make room for, no drain this changes. Only deadlines are not checked here; the
-    owner's timer brings those (``next_wakeup``), and these two events bring none forward."""
+    without its scans (two events a request), or None where only the full step can say.
+    Scheduling would find nothing to do: no waiter to grant or to make room for, no drain this
+    changes. Only deadlines are not checked here; the owner's timer brings those
+    (``next_wakeup``), and the only one these events bring is a release's ``idle_deadline``."""
+    if world.waiters or world.closing:
+        return None
     slot = world.slots.get(event.model)
     if slot is None or slot.state is not State.READY:
         return None
@@ -170,7 +172,9 @@ def _request_event(
         effects = [Measure(event.model, slot.attempt)] if slot.answered == 0 else []
     slots = dict(world.slots)
     slots[event.model] = new
-    return World(slots, (), False, world.close_deadline), effects
+    after = object.__new__(World)  # what World(...) makes, without a frozen __init__ (as ``_with``)
+    after.__dict__.update(slots=slots, waiters=(), closing=False, close_deadline=world.close_deadline)
+    return after, effects
 
 
 def _apply(b: _Builder, event: Event) -> None:
@@ -663,8 +667,7 @@ def next_wakeup(world: World, now: float, config: Config) -> float | None:
         elif slot.state in (State.READY, State.PARKED) and slot.removed:
             times.append(slot.removed_at + config.removed_grace_s)
         elif slot.state in (State.READY, State.PARKED) and not slot.is_pinned and not slot.in_flight:
-            timeout = slot.entry.idle_timeout_s if slot.entry.idle_timeout_s is not None else config.idle_timeout_s
-            times.append(slot.last_used + timeout)
+            times.append(_idle_at(slot, config))
             if world.waiters and _lingers(config, slot, now):
                 times.append(slot.last_used + config.linger_s)  # its room is given away then
         elif slot.state in (State.STOPPED, State.FAILED) and name in wanted:
@@ -675,6 +678,20 @@ def next_wakeup(world: World, now: float, config: Config) -> float | None:
         times.append(world.close_deadline)
     future = [t for t in times if t > now]
     return min(future) if future else None
+
+
+def idle_deadline(slot: Slot, config: Config) -> float | None:
+    """When an idle, unpinned ready model is stopped for idleness (None: not idle, or never):
+    the one deadline a request's release can bring (``request_step``)."""
+    if slot.state not in (State.READY, State.PARKED) or slot.removed or slot.is_pinned or slot.in_flight:
+        return None
+    at = _idle_at(slot, config)
+    return at if math.isfinite(at) else None
+
+
+def _idle_at(slot: Slot, config: Config) -> float:
+    timeout = slot.entry.idle_timeout_s if slot.entry.idle_timeout_s is not None else config.idle_timeout_s
+    return slot.last_used + timeout
 
 
 _ids = itertools.count(1)

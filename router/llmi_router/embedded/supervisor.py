@@ -30,7 +30,7 @@ from llmi.vllm import resolve_engine
 from llmi_router.embedded import slots as s
 from llmi_router.embedded.launch import Handle, Launcher, RuntimeSpec
 from llmi_router.embedded.process import ProcessLauncher
-from llmi_router.embedded.step import next_waiter_id, next_wakeup, step
+from llmi_router.embedded.step import idle_deadline, next_waiter_id, next_wakeup, request_step, step
 from llmi_router.events import EventHub, ModelEvent
 from llmi_router.metrics import RouterMetrics
 from llmi_router.ports import OnceLease
@@ -136,6 +136,13 @@ class Supervisor:
         app, which waits for it. A want that would queue (at the concurrency bound) is withdrawn."""
         if not self.is_ready(model) or self._inbox or self._applying or self._owner is None or self._owner.done():
             return None
+        hot = request_step(self.world, s.Want(0, model), self.clock(), self.config)
+        if hot is not None:  # the common case, without a waiter's bookkeeping: granted this instant
+            self.world, effects = hot
+            self._changed.set()
+            grant = effects[0]
+            assert isinstance(grant, s.Grant)
+            return OnceLease(grant.url, functools.partial(self._post_hot, s.Release(model)))
         wid = next_waiter_id()
         answer = self._futures[wid] = _Inline()
         self._post_hot(s.Want(wid, model))  # applied inline: the inbox is empty
@@ -324,19 +331,27 @@ class Supervisor:
         self._inbox.append((event, None))
         self._wakeup.set()
 
-    def _post_hot(self, event: s.Event) -> None:
+    def _post_hot(self, event: s.Want | s.Release) -> None:
         """A request's own event (want, release), applied at once when nothing is queued before it:
         the same order as the owner would apply it, without a task switch each way. The owner is
         woken only when the event brings its next timer forward (an idle timeout that starts)."""
         if self._inbox or self._applying or self._owner is None or self._owner.done():
             self.post(event)
             return
-        self._apply(event)
-        if isinstance(event, s.Want) and event.waiter not in self._futures:
-            return  # granted at once: in flight now, so no idle timer of this model can start
-        if isinstance(event, s.Release) and (slot := self.world.slots.get(event.model)) and slot.in_flight:
-            return  # still busy: its idle timer does not start yet
-        wake = next_wakeup(self.world, self.clock(), self.config)
+        hot = request_step(self.world, event, self.clock(), self.config)
+        if hot is not None:  # the gauges show nothing these change (in flight is read when scraped)
+            self.world, effects = hot
+            for effect in effects:
+                self._do(effect)
+            self._changed.set()
+            wake = idle_deadline(self.world.slots[event.model], self.config) if isinstance(event, s.Release) else None
+        else:
+            self._apply(event)
+            if isinstance(event, s.Want) and event.waiter not in self._futures:
+                return  # granted at once: in flight now, so no idle timer of this model can start
+            if isinstance(event, s.Release) and (slot := self.world.slots.get(event.model)) and slot.in_flight:
+                return  # still busy: its idle timer does not start yet
+            wake = next_wakeup(self.world, self.clock(), self.config)
         if wake is not None and (self._sleeping_until is None or wake < self._sleeping_until):
             self._wakeup.set()
 

@@ -28,7 +28,7 @@ log = logging.getLogger("llmi.supervisor")
 READY_TIMEOUT_S = 300.0
 BACKGROUND_NICE = 10  # the fork server's priority while nobody waits for it
 RESTART_DELAYS_S = (1.0, 5.0, 30.0, 120.0)
-PSS_MAX_AGE_S = 10.0
+PSS_MAX_AGE_S = 30.0
 
 
 class WarmLauncher(RuntimeClient):
@@ -43,7 +43,8 @@ class WarmLauncher(RuntimeClient):
         self._booting: asyncio.Task[ForkServerClient | None] | None = None
         self._failures = 0  # boots in a row that did not reach ready; reset by a good one
         self._closed = False
-        self._pss: tuple[int, float, int] | None = None  # (server pid, read at, PSS)
+        self._pss: tuple[int, int, float, int] | None = None  # (server pid, its exits, read at, PSS)
+        self._reading: asyncio.Task[None] | None = None
 
     def prepare(self) -> None:
         """Start the fork server in the background, if it is not running or starting already."""
@@ -127,22 +128,35 @@ class WarmLauncher(RuntimeClient):
     def reserved_bytes(self) -> int:
         """The fork server's own PSS; pages its children still share with it are split between them.
 
-        Read at most every PSS_MAX_AGE_S: reading smaps_rollup of a process that holds the
-        libraries takes milliseconds (read again at each fork, it sat between a runtime's readiness
-        and its first request), and the figure moves only as children come and go. A fork only
-        lowers it (the server's pages become shared), so the figure kept is an over-count then; a
-        child's exit frees far more than the share it leaves to the server."""
+        Reading smaps_rollup of a process that holds the libraries takes tens of milliseconds, so
+        the figure is read again only after a child has exited (its share of the pages falls back
+        to the server) or PSS_MAX_AGE_S (children that write to shared pages raise it slowly), and
+        then in a thread while the old figure stands; it is read at once only for a new server. A
+        fork only lowers it (the server's pages become shared), so the figure kept is an over-count
+        then. Read again at each fork, it sat between a runtime's readiness and its first request."""
         server = self._live() or self._spawning
         if server is None:
             return 0
-        now = time.monotonic()
         cached = self._pss
-        if cached is None or cached[0] != server.pid or now - cached[1] > PSS_MAX_AGE_S:
-            cached = self._pss = (server.pid, now, pss_bytes(server.pid))
-        return cached[2]
+        if cached is None or cached[0] != server.pid:
+            cached = self._pss = (server.pid, server.exits, time.monotonic(), pss_bytes(server.pid))
+        elif (cached[1] != server.exits or time.monotonic() - cached[2] > PSS_MAX_AGE_S) and self._reading is None:
+            self._reading = asyncio.create_task(self._read_pss(server))
+        return cached[3]
+
+    async def _read_pss(self, server: ForkServerClient) -> None:
+        try:
+            exits = server.exits
+            pss = await asyncio.to_thread(pss_bytes, server.pid)
+            if self._pss is not None and self._pss[0] == server.pid:
+                self._pss = (server.pid, exits, time.monotonic(), pss)
+        finally:
+            self._reading = None
 
     async def close(self) -> None:
         self._closed = True
+        if self._reading is not None:
+            await asyncio.wait({self._reading})
         if self._booting is not None:
             self._booting.cancel()
             await asyncio.wait({self._booting})
