@@ -14,6 +14,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="model name clients use (default: the folder name)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=15531, help="port to listen on (default 15531)")
+    parser.add_argument(
+        "--uds", type=Path, default=None, help="also listen on this Unix socket (llmi serve relays requests through it)"
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument(
         "--placement",

@@ -24,6 +24,7 @@ class FakeHandle:
     def __init__(self, name: str, n: int) -> None:
         self.name = name
         self.url = f"http://fake/{name}/{n}"
+        self.socket = f"/fake/{name}/{n}.sock"
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.exited = self._exit
         self.stopped = False

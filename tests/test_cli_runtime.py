@@ -64,3 +64,20 @@ def test_health_reports_the_model(runtimes, tiny_models: dict[str, Path]) -> Non
     assert models["data"][0]["state"] == "ready"
     metrics = httpx.get(f"{rt.url}/metrics", timeout=30).text
     assert 'llmi_runtime_ready{model="tiny-bert-embed",type="embedding"} 1.0' in metrics
+
+
+def test_uds_serves_on_the_socket_as_well_as_the_port(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """What llmi serve's front relays through; a socket file a killed runtime left is replaced."""
+    socket_path = tmp_path / "rt.sock"
+    socket_path.write_text("left behind")
+    rt = start_runtime(tiny_models["tiny-bert-embed"], tmp_path, "--uds", str(socket_path))
+    try:
+        body = {"model": "tiny-bert-embed", "input": "hello"}
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://rt") as over_socket:
+            via_socket = over_socket.post("/v1/embeddings", json=body, timeout=60)
+        via_port = httpx.post(f"{rt.url}/v1/embeddings", json=body, timeout=60)
+        assert via_socket.status_code == via_port.status_code == 200
+        assert via_socket.json()["data"] == via_port.json()["data"]
+        assert oct(socket_path.stat().st_mode & 0o777) == "0o600"  # only this user's processes connect
+    finally:
+        rt.stop()

@@ -29,6 +29,7 @@ class Control(ControlStubs):
     ready: set[str] = field(default_factory=lambda: {"embed", "chat", "served-by-vllm"})
     busy: set[str] = field(default_factory=set)
     released: list[str] = field(default_factory=list)
+    sockets: dict[str, str] = field(default_factory=dict)  # models whose runtime listens on a Unix socket
 
     async def acquire(self, model: str, deadline_s: float) -> OnceLease:
         if model in self.busy:
@@ -45,7 +46,7 @@ class Control(ControlStubs):
     def hold_now(self, model: str) -> OnceLease | None:
         if model in self.busy or model not in self.ready:
             return None  # at its concurrency bound: it would have to wait
-        return OnceLease("http://127.0.0.1:4321", lambda: self.released.append(model))
+        return OnceLease("http://127.0.0.1:4321", lambda: self.released.append(model), self.sockets.get(model))
 
     def engine(self, model: str) -> str | None:
         return "vllm" if model == "served-by-vllm" else "transformers"
@@ -79,6 +80,15 @@ def test_a_ready_model_goes_straight_to_its_runtime_with_the_body_unchanged() ->
     route.release()
     route.release()
     assert control.released == ["embed"], "released exactly once"
+
+
+def test_a_runtime_with_a_unix_socket_is_reached_through_it() -> None:
+    control = Control(sockets={"embed": "/tmp/runtimes/4321.sock"})
+    route = dispatcher(control)(request("/v1/embeddings", EMBED))
+    assert route.address == "/tmp/runtimes/4321.sock"
+    assert route.fallback is not None
+    assert route.fallback.address == APP  # the app (over TCP) if the socket cannot be reached
+    assert dispatcher(control)(request("/v1/chat/completions", {"model": "chat"})).address == ("127.0.0.1", 4321)
 
 
 @pytest.mark.parametrize(

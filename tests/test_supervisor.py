@@ -347,6 +347,7 @@ async def test_hold_now_grants_a_ready_model_at_once_and_never_waits_loads_or_qu
     lease = sup.hold_now("a")
     assert lease is not None
     assert sup.slots["a"].in_flight == 1
+    assert lease.socket == launcher.handles["a"].socket, "the front relays over the runtime's Unix socket"
     assert sup.hold_now("a") is None, "at its concurrency bound"
     await sup.settled()
     assert sup.world.waiters == (), "the want that would have queued was withdrawn"

@@ -75,6 +75,13 @@ async def test_two_forked_models_both_answer(launcher: WarmLauncher, tiny_models
             assert os.getpgid(handle.pid) == handle.pid
             assert f"--name {name}" in title(handle.pid)
         assert launcher.reserved_bytes() > 0
+        # Each listens on a Unix socket of the launcher's too: the front relays through it.
+        assert embed.socket is not None
+        transport = httpx.AsyncHTTPTransport(uds=embed.socket)
+        async with httpx.AsyncClient(transport=transport, base_url="http://runtime", timeout=60) as client:
+            e = await client.post("/v1/embeddings", json={"model": "tiny-bert-embed", "input": "a"})
+        assert e.status_code == 200, e.text
+        assert Path(embed.socket).parent == Path(chat.socket or "").parent
     finally:
         assert await embed.stop() == -signal.SIGTERM  # uvicorn re-raises the signal after a clean shutdown
         await chat.stop()

@@ -27,6 +27,7 @@ class OnceLease:
 
     url: str
     _release: Callable[[], None]
+    socket: str | None = None  # a Unix socket the same runtime listens on, for the front's relay
     _done: bool = False
 
     def release(self) -> None:

@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,14 +43,44 @@ def free_port() -> int:
 
 
 def runtime_argv(
-    name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, port: int
+    name: str,
+    path: Path,
+    model_type: str,
+    placement: str,
+    max_gpu_memory: int | None,
+    port: int,
+    socket_path: Path | None = None,
 ) -> list[str]:
     """The arguments of `llmi runtime` for one model, whichever launcher starts it."""
     argv = ["--model", str(path), "--name", name, "--type", model_type]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--placement", placement]
     if max_gpu_memory:
         argv += ["--max-gpu-memory", str(max_gpu_memory)]
+    if socket_path is not None:
+        argv += ["--uds", str(socket_path)]
     return argv
+
+
+class SocketDir:
+    """A private folder for the runtimes' Unix sockets (the front relays requests through them:
+    half the CPU of loopback TCP), made on first use and removed at close. The port names each
+    socket: a runtime started later on the same port replaces the file a killed one left."""
+
+    MAX_PATH = 100  # a Unix socket's path has at most 107 bytes
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+
+    def for_port(self, port: int) -> Path | None:
+        if self._path is None:
+            self._path = Path(tempfile.mkdtemp(prefix="llmi-runtimes-"))
+        found = self._path / f"{port}.sock"
+        return found if len(str(found)) <= self.MAX_PATH else None  # a long TMPDIR: TCP only
+
+    def remove(self) -> None:
+        if self._path is not None:
+            shutil.rmtree(self._path, ignore_errors=True)
+            self._path = None
 
 
 @dataclass
@@ -61,6 +93,7 @@ class RuntimeHandle:
     exited: asyncio.Future[int]
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
     reader: asyncio.Task[None] | None = None
+    socket: str | None = None  # the Unix socket it also listens on (``--uds``)
 
     @property
     def url(self) -> str:
@@ -117,13 +150,22 @@ async def _relay(handle: RuntimeHandle, output: asyncio.StreamReader) -> None:
 
 
 async def spawn_runtime(
-    name: str, path: Path, model_type: str, placement: str, max_gpu_memory: int | None, env: dict[str, str]
+    name: str,
+    path: Path,
+    model_type: str,
+    placement: str,
+    max_gpu_memory: int | None,
+    env: dict[str, str],
+    sockets: SocketDir | None = None,
 ) -> RuntimeHandle:
     """A fresh `llmi runtime` interpreter (the cold start: it imports torch itself)."""
     port = free_port()
-    argv = runtime_argv(name, path, model_type, placement, max_gpu_memory, port)
+    socket_path = sockets.for_port(port) if sockets is not None else None
+    argv = runtime_argv(name, path, model_type, placement, max_gpu_memory, port, socket_path)
     cmd = [sys.executable, "-m", "llmi.cli", "runtime", *argv, "--parent-pid", str(os.getpid())]
-    return await spawn_process(name, cmd, port, env)
+    handle = await spawn_process(name, cmd, port, env)
+    handle.socket = str(socket_path) if socket_path is not None else None
+    return handle
 
 
 def with_lifeline(cmd: list[str]) -> list[str]:
@@ -219,6 +261,7 @@ class RuntimeClient:
 
     def __init__(self) -> None:
         self._client = httpx.AsyncClient()
+        self.sockets = SocketDir()
 
     async def wait_ready(self, handle: RuntimeHandle, deadline_s: float) -> float:
         return await wait_ready(handle, deadline_s, self._client)
@@ -234,6 +277,7 @@ class RuntimeClient:
 
     async def close(self) -> None:
         await self._client.aclose()
+        self.sockets.remove()
 
 
 class ProcessLauncher(RuntimeClient):
@@ -241,7 +285,7 @@ class ProcessLauncher(RuntimeClient):
 
     async def start(self, spec: RuntimeSpec) -> RuntimeHandle:
         return await spawn_runtime(
-            spec.name, spec.path, spec.model_type, spec.placement, spec.max_gpu_memory, dict(spec.env)
+            spec.name, spec.path, spec.model_type, spec.placement, spec.max_gpu_memory, dict(spec.env), self.sockets
         )
 
     def reserved_bytes(self) -> int:

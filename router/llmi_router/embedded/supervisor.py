@@ -142,7 +142,7 @@ class Supervisor:
             self._changed.set()
             grant = effects[0]
             assert isinstance(grant, s.Grant)
-            return OnceLease(grant.url, functools.partial(self._post_hot, s.Release(model)))
+            return OnceLease(grant.url, functools.partial(self._post_hot, s.Release(model)), self._socket(model))
         wid = next_waiter_id()
         answer = self._futures[wid] = _Inline()
         self._post_hot(s.Want(wid, model))  # applied inline: the inbox is empty
@@ -412,7 +412,8 @@ class Supervisor:
                 if future is None or future.done():
                     self.post(s.Release(model))  # the caller left in the meantime
                 else:
-                    future.set_result(OnceLease(url, functools.partial(self._post_hot, s.Release(model))))
+                    lease = OnceLease(url, functools.partial(self._post_hot, s.Release(model)), self._socket(model))
+                    future.set_result(lease)
             case s.Refuse(waiter=wid):
                 future = self._futures.pop(wid, None)
                 if future is not None and not future.done():
@@ -434,6 +435,11 @@ class Supervisor:
             case s.Note():
                 self._note(effect)
         return None
+
+    def _socket(self, model: str) -> str | None:
+        """The Unix socket the model's runtime listens on too, if any (a vLLM server has none)."""
+        held = self._handles.get(model)
+        return getattr(held[1], "socket", None) if held is not None else None
 
     def _background(self, coro: Coroutine[Any, Any, None], model: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=f"llmi-{model}")

@@ -118,12 +118,16 @@ class WarmLauncher(RuntimeClient):
         server = await self._ready_server()
         if server is not None:
             port = free_port()
-            argv = runtime_argv(name, *args, port)
+            socket_path = self.sockets.for_port(port)
+            argv = runtime_argv(name, *args, port, socket_path)
             try:
-                return await _fork(server, name, port, argv, env)
+                handle = await _fork(server, name, port, argv, env)
             except ForkServerGone as exc:
                 log.warning("warm runtimes: fork server failed to start %s (%s); starting it cold", name, exc)
-        return await spawn_runtime(name, *args, env)
+            else:
+                handle.socket = str(socket_path) if socket_path is not None else None
+                return handle
+        return await spawn_runtime(name, *args, env, self.sockets)
 
     def reserved_bytes(self) -> int:
         """The fork server's own PSS; pages its children still share with it are split between them.
