@@ -53,7 +53,6 @@ class ForkServerClient:
         self._ids = itertools.count(1)
         self._starts: dict[int, asyncio.Future[int]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
-        self.exits = 0  # children that have exited: each leaves its share of pages to the server
         self._tasks = {asyncio.create_task(self._read()), asyncio.create_task(self._relay())}
 
     @classmethod
@@ -154,7 +153,6 @@ class ForkServerClient:
             error = ForkServerGone(str(message.get("message")))
             _resolve(self._take_start(message.get("id")), lambda f: f.set_exception(error))
         elif op == "exited" and isinstance(pid, int) and isinstance(code := message.get("code"), int):
-            self.exits += 1
             _resolve(self._exits.pop(pid, None), lambda f: f.set_result(code))
 
     def _take_start(self, request_id: object) -> asyncio.Future[int] | None:

@@ -43,7 +43,7 @@ class WarmLauncher(RuntimeClient):
         self._booting: asyncio.Task[ForkServerClient | None] | None = None
         self._failures = 0  # boots in a row that did not reach ready; reset by a good one
         self._closed = False
-        self._pss: tuple[int, int, float, int] | None = None  # (server pid, its exits, read at, PSS)
+        self._pss: tuple[int, float, int] | None = None  # (server pid, read at, PSS)
         self._reading: asyncio.Task[None] | None = None
 
     def prepare(self) -> None:
@@ -132,28 +132,28 @@ class WarmLauncher(RuntimeClient):
     def reserved_bytes(self) -> int:
         """The fork server's own PSS; pages its children still share with it are split between them.
 
-        Reading smaps_rollup of a process that holds the libraries takes tens of milliseconds, so
-        the figure is read again only after a child has exited (its share of the pages falls back
-        to the server) or PSS_MAX_AGE_S (children that write to shared pages raise it slowly), and
-        then in a thread while the old figure stands; it is read at once only for a new server. A
-        fork only lowers it (the server's pages become shared), so the figure kept is an over-count
-        then. Read again at each fork, it sat between a runtime's readiness and its first request."""
+        Reading smaps_rollup of a process that holds the libraries takes tens of milliseconds of
+        CPU, so it is read at once only for a new server, then again when the figure is
+        PSS_MAX_AGE_S old, on a thread while the old figure stands. Not at each fork (the read sat
+        between a runtime's readiness and its first request) nor at each exit (in a switch it
+        would compete with the next model's load, and read the server between the victim's exit
+        and the next fork, at its highest). A fork only lowers it (the server's pages become
+        shared): the figure kept is an over-count then."""
         server = self._live() or self._spawning
         if server is None:
             return 0
         cached = self._pss
         if cached is None or cached[0] != server.pid:
-            cached = self._pss = (server.pid, server.exits, time.monotonic(), pss_bytes(server.pid))
-        elif (cached[1] != server.exits or time.monotonic() - cached[2] > PSS_MAX_AGE_S) and self._reading is None:
+            cached = self._pss = (server.pid, time.monotonic(), pss_bytes(server.pid))
+        elif time.monotonic() - cached[1] > PSS_MAX_AGE_S and self._reading is None:
             self._reading = asyncio.create_task(self._read_pss(server))
-        return cached[3]
+        return cached[2]
 
     async def _read_pss(self, server: ForkServerClient) -> None:
         try:
-            exits = server.exits
             pss = await asyncio.to_thread(pss_bytes, server.pid)
             if self._pss is not None and self._pss[0] == server.pid:
-                self._pss = (server.pid, exits, time.monotonic(), pss)
+                self._pss = (server.pid, time.monotonic(), pss)
         finally:
             self._reading = None
 
