@@ -3,9 +3,9 @@
 Straight to a ready model's runtime (over its Unix socket, where it listens on one) when routing
 is all the router has to do: a public POST whose ``model`` is ready now and served by the
 transformers engine, with an accepted key. The runtime validates the body itself, as it does
-behind the app. Everything else goes to the router
-app, which checks strictly, loads, queues, refuses and answers in full; a fast request whose
-runtime cannot be reached before any byte falls back there too (the app retries a dead runtime).
+behind the app. Everything else goes to the router app, which checks strictly, loads, queues,
+refuses and answers in full; a fast request whose runtime cannot be reached before any byte
+falls back there too (the app retries a dead runtime).
 """
 
 from __future__ import annotations
@@ -55,9 +55,8 @@ class GatewayDispatch:
         if lease is None:
             return slow  # not ready, or it would have to wait (its concurrency bound): the app does
         head = _RUNTIME_HEAD % (path.encode(), len(request.body))
-        socket: str | None = getattr(lease, "socket", None)  # embedded runtimes listen on one too
         return Route(
-            socket if socket is not None else self._address(lease.url),
+            lease.socket if lease.socket is not None else self._address(lease.url),
             head,
             lease.release,
             finished=lambda status: gateway.count_known(model, path, status, t0),

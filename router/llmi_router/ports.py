@@ -17,6 +17,7 @@ class Lease(Protocol):
     """A ready model's endpoint, held while one request uses it."""
 
     url: str
+    socket: str | None  # a Unix socket the same runtime listens on (embedded), or None
 
     def release(self) -> None: ...
 

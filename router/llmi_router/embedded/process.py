@@ -49,7 +49,7 @@ def runtime_argv(
     placement: str,
     max_gpu_memory: int | None,
     port: int,
-    socket_path: Path | None = None,
+    socket_path: str | None = None,
 ) -> list[str]:
     """The arguments of `llmi runtime` for one model, whichever launcher starts it."""
     argv = ["--model", str(path), "--name", name, "--type", model_type]
@@ -57,7 +57,7 @@ def runtime_argv(
     if max_gpu_memory:
         argv += ["--max-gpu-memory", str(max_gpu_memory)]
     if socket_path is not None:
-        argv += ["--uds", str(socket_path)]
+        argv += ["--uds", socket_path]
     return argv
 
 
@@ -71,11 +71,11 @@ class SocketDir:
     def __init__(self) -> None:
         self._path: Path | None = None
 
-    def for_port(self, port: int) -> Path | None:
+    def for_port(self, port: int) -> str | None:
         if self._path is None:
             self._path = Path(tempfile.mkdtemp(prefix="llmi-runtimes-"))
-        found = self._path / f"{port}.sock"
-        return found if len(str(found)) <= self.MAX_PATH else None  # a long TMPDIR: TCP only
+        found = str(self._path / f"{port}.sock")
+        return found if len(found) <= self.MAX_PATH else None  # a long TMPDIR: TCP only
 
     def remove(self) -> None:
         if self._path is not None:
@@ -163,9 +163,7 @@ async def spawn_runtime(
     socket_path = sockets.for_port(port) if sockets is not None else None
     argv = runtime_argv(name, path, model_type, placement, max_gpu_memory, port, socket_path)
     cmd = [sys.executable, "-m", "llmi.cli", "runtime", *argv, "--parent-pid", str(os.getpid())]
-    handle = await spawn_process(name, cmd, port, env)
-    handle.socket = str(socket_path) if socket_path is not None else None
-    return handle
+    return await spawn_process(name, cmd, port, env, socket_path)
 
 
 def with_lifeline(cmd: list[str]) -> list[str]:
@@ -174,8 +172,11 @@ def with_lifeline(cmd: list[str]) -> list[str]:
     return [sys.executable, "-m", "llmi_runtime.lifeline", str(os.getpid()), *cmd]
 
 
-async def spawn_process(name: str, cmd: list[str], port: int, env: dict[str, str]) -> RuntimeHandle:
-    """Start ``cmd`` (a server that will listen on ``port``) in its own process group."""
+async def spawn_process(
+    name: str, cmd: list[str], port: int, env: dict[str, str], socket_path: str | None = None
+) -> RuntimeHandle:
+    """Start ``cmd`` (a server that will listen on ``port``, and on ``socket_path`` if given) in
+    its own process group."""
     proc = await asyncio.create_subprocess_exec(
         *cmd,
         stdin=asyncio.subprocess.DEVNULL,
@@ -184,7 +185,7 @@ async def spawn_process(name: str, cmd: list[str], port: int, env: dict[str, str
         env=env,
         start_new_session=True,
     )
-    handle = RuntimeHandle(name, port, proc.pid, asyncio.ensure_future(proc.wait()))
+    handle = RuntimeHandle(name, port, proc.pid, asyncio.ensure_future(proc.wait()), socket=socket_path)
     assert proc.stdout is not None
     handle.relay(proc.stdout)
     return handle

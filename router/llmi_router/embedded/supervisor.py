@@ -142,7 +142,7 @@ class Supervisor:
             self._changed.set()
             grant = effects[0]
             assert isinstance(grant, s.Grant)
-            return OnceLease(grant.url, functools.partial(self._post_hot, s.Release(model)), self._socket(model))
+            return self._lease(model, grant.url)
         wid = next_waiter_id()
         answer = self._futures[wid] = _Inline()
         self._post_hot(s.Want(wid, model))  # applied inline: the inbox is empty
@@ -412,8 +412,7 @@ class Supervisor:
                 if future is None or future.done():
                     self.post(s.Release(model))  # the caller left in the meantime
                 else:
-                    lease = OnceLease(url, functools.partial(self._post_hot, s.Release(model)), self._socket(model))
-                    future.set_result(lease)
+                    future.set_result(self._lease(model, url))
             case s.Refuse(waiter=wid):
                 future = self._futures.pop(wid, None)
                 if future is not None and not future.done():
@@ -436,10 +435,12 @@ class Supervisor:
                 self._note(effect)
         return None
 
-    def _socket(self, model: str) -> str | None:
-        """The Unix socket the model's runtime listens on too, if any (a vLLM server has none)."""
+    def _lease(self, model: str, url: str) -> OnceLease:
+        """One request's hold on ``model``: its release is a hot event; the runtime's Unix socket
+        (none for a vLLM server) is where the front relays it."""
         held = self._handles.get(model)
-        return getattr(held[1], "socket", None) if held is not None else None
+        socket = held[1].socket if held is not None else None
+        return OnceLease(url, functools.partial(self._post_hot, s.Release(model)), socket)
 
     def _background(self, coro: Coroutine[Any, Any, None], model: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=f"llmi-{model}")

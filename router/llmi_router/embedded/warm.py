@@ -121,12 +121,9 @@ class WarmLauncher(RuntimeClient):
             socket_path = self.sockets.for_port(port)
             argv = runtime_argv(name, *args, port, socket_path)
             try:
-                handle = await _fork(server, name, port, argv, env)
+                return await _fork(server, name, port, argv, env, socket_path)
             except ForkServerGone as exc:
                 log.warning("warm runtimes: fork server failed to start %s (%s); starting it cold", name, exc)
-            else:
-                handle.socket = str(socket_path) if socket_path is not None else None
-                return handle
         return await spawn_runtime(name, *args, env, self.sockets)
 
     def reserved_bytes(self) -> int:
@@ -169,7 +166,9 @@ class WarmLauncher(RuntimeClient):
         await super().close()
 
 
-async def _fork(server: ForkServerClient, name: str, port: int, argv: list[str], env: dict[str, str]) -> RuntimeHandle:
+async def _fork(
+    server: ForkServerClient, name: str, port: int, argv: list[str], env: dict[str, str], socket_path: str | None
+) -> RuntimeHandle:
     read_fd, write_fd = os.pipe()
     try:
         pid, exited = await server.fork(argv, env, write_fd)
@@ -178,7 +177,7 @@ async def _fork(server: ForkServerClient, name: str, port: int, argv: list[str],
         raise
     finally:
         os.close(write_fd)
-    handle = RuntimeHandle(name, port, pid, exited)
+    handle = RuntimeHandle(name, port, pid, exited, socket=socket_path)
     output = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
     try:
