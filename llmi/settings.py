@@ -124,7 +124,10 @@ class Settings(BaseSettings):
         "model is idle; 0 batches only what arrives while the model is busy.",
     )
     max_batch_items: int = Field(
-        256, ge=1, description="Most texts/images of concurrent encoder requests merged into one batch."
+        256,
+        ge=1,
+        description="Most texts/images of concurrent encoder requests merged into one batch (a batch holds at "
+        "most one forward's worth of the engine: 32 texts, 16 pairs or images).",
     )
 
     # Embedded control plane (llmi serve).

@@ -174,6 +174,31 @@ async def test_what_arrives_while_a_batch_runs_goes_into_the_next_one() -> None:
     assert calls == [[1], [2, 3, 4]]
 
 
+async def test_a_batch_holds_one_forward_so_the_first_request_is_answered_while_the_next_computes() -> None:
+    worker = ModelWorker()
+    gate = threading.Event()
+    calls: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        if items[0] == 3:
+            gate.wait(timeout=60)  # the second batch is still computing
+        return [x * 10 for x in items]
+
+    batcher = DynamicBatcher("k", worker, run, BatchPolicy(max_wait_s=0, max_items=100), size=2)
+    try:
+        first, second, third = (asyncio.ensure_future(batcher.submit(i)) for i in ([1, 2], [3, 4], [5]))
+        assert await first == [10, 20]  # answered before the batch after it has finished
+        assert not second.done()
+        gate.set()
+        assert await second == [30, 40]
+        assert await third == [50]
+    finally:
+        gate.set()
+        worker.close()
+    assert calls == [[1, 2], [3, 4], [5]]  # one forward's worth each, not one merged batch
+
+
 async def test_a_failed_batch_fails_each_request_in_it_and_the_next_one_runs() -> None:
     worker = ModelWorker()
 

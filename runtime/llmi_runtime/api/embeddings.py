@@ -34,7 +34,7 @@ async def embeddings(request: Request) -> Response:
         raise BadRequest(f"dimensions must be at most {engine.dimensions} for this model.", param="dimensions")
     rows = await state.prepare.run(lambda: engine.prepare(inputs))
     tokens = sum(len(r) for r in rows)
-    vectors = torch.stack(await state.batching.batcher("embeddings", engine.forward).submit(rows))
+    vectors = torch.stack(await state.batching.batcher("embeddings", engine.forward, engine.batch_size).submit(rows))
     if req.dimensions is not None and req.dimensions < vectors.shape[1]:
         # Matryoshka-style shortening: keep the leading components, back to unit length.
         vectors = torch.nn.functional.normalize(vectors[:, : req.dimensions], dim=-1)

@@ -38,7 +38,7 @@ async def _score(
     engine = state.engine_for(model, path)
     rows = await state.prepare.run(lambda: engine.prepare(query, documents, instruction))
     tokens = sum(len(r) for r in rows)
-    pairs = await state.batching.batcher("rerank", engine.forward).submit(rows)  # merged across requests
+    pairs = await state.batching.batcher("rerank", engine.forward, engine.batch_size).submit(rows)
     state.metrics.prompt_tokens.labels(path).inc(tokens)
     return [raw_score if raw else score for score, raw_score in pairs], tokens
 

@@ -67,12 +67,12 @@ async def _images(state: RuntimeState, images: Sequence[str], param: str, indexe
 async def _image_features(state: RuntimeState, engine: Any, images: list[Image.Image]) -> torch.Tensor:
     """Features of ``images``, batched with other requests' images on this model."""
     pixels = await state.prepare.run(lambda: engine.prepare_images(images))
-    return torch.stack(await state.batching.batcher("images", engine.forward_images).submit(pixels))
+    return torch.stack(await state.batching.batcher("images", engine.forward_images, engine.batch_size).submit(pixels))
 
 
 async def _text_features(state: RuntimeState, engine: Any, texts: list[str]) -> torch.Tensor:
     rows = await state.prepare.run(lambda: engine.prepare_texts(texts))
-    return torch.stack(await state.batching.batcher("texts", engine.forward_texts).submit(rows))
+    return torch.stack(await state.batching.batcher("texts", engine.forward_texts, engine.batch_size).submit(rows))
 
 
 def _rows(t: torch.Tensor, normalize: bool = False) -> list[list[float]]:

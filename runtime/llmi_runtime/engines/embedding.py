@@ -20,6 +20,7 @@ BATCH = 32
 
 class EmbeddingEngine:
     model_type = ModelType.EMBEDDING
+    batch_size = BATCH  # texts per forward
 
     def __init__(self, path: Path, options: LoadOptions) -> None:
         self.path = path

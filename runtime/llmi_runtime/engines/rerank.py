@@ -38,6 +38,8 @@ class PairScorer:
     """``score`` over an engine's ``prepare`` (tokenizing, off the model's thread) and ``forward``
     (the model's thread, batched across requests), which return (score, raw score) pairs."""
 
+    batch_size = BATCH  # pairs per forward
+
     def prepare(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[Row]:
         raise NotImplementedError
 

@@ -31,6 +31,7 @@ def _pooled(output: Any) -> torch.Tensor:
 
 class VisionEngine:
     model_type = ModelType.VISION
+    batch_size = BATCH  # images per forward
 
     def __init__(self, path: Path, options: LoadOptions) -> None:
         self.path = path
@@ -62,6 +63,7 @@ class MultimodalEngine:
     """CLIP and its relatives: joint image/text embeddings and image-text matching."""
 
     model_type = ModelType.MULTIMODAL
+    batch_size = BATCH  # images or texts per forward
 
     def __init__(self, path: Path, options: LoadOptions) -> None:
         self.path = path
