@@ -18,6 +18,8 @@ embeddings (tok counts aside, requests per second):
 - 32 texts per request from 4 concurrent clients vs ``SentenceTransformer.encode`` of 32 texts;
 - 1 text per request from 16 concurrent clients vs ``encode`` of 16 texts in one batch (the
   floor a perfect batcher reaches) and of one text at a time.
+The floor's passes alternate with the servers' (this machine's pace drifts by a third within
+minutes); besides each side's best pass, the median over rounds of the ratios within a round.
 
 Peers, used when their executables exist: Infinity (``--infinity``, default
 /work/venvs/infinity/bin/infinity_emb) on the same embedding folder, and ``transformers serve
@@ -33,6 +35,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,26 +163,42 @@ async def chat_server(url: str, model: str, tokens: int, repeats: int, eos: int)
 # --------------------------------------------------------------------------- embeddings
 
 
-def embed_floor(folder: Path, repeats: int) -> Row:
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
-    t32, _ = timed(lambda: [model.encode(SENTENCES, batch_size=32) for _ in range(8)], repeats)
-    t16, _ = timed(lambda: [model.encode(SENTENCES[:16], batch_size=16) for _ in range(8)], repeats)
-    t1, _ = timed(lambda: [model.encode(SENTENCES[i : i + 1]) for i in range(16)], repeats)
-    return {
-        "encode 32 texts req/s": 8 / min(t32),
-        "encode 16x1 batched texts/s": 8 * 16 / min(t16),
-        "encode 1 text at a time texts/s": 16 / min(t1),
-    }
-
-
 EMBED_CALLS = 8  # per client and pass: 32 requests of 32 texts, 128 of one text
 
 
-async def embed_servers(sides: dict[str, tuple[str, str, str]], repeats: int) -> dict[str, Row]:
-    """Every side (name: url, model, path) measured in alternating passes, A B, B A, ..., so that
-    a drift of the machine falls on both; the best pass of each is reported."""
+class EmbedFloor:
+    """``SentenceTransformer.encode`` in this process: the work of one server pass, timed the
+    same way, so it can run between the servers' passes (the machine's drift falls on it too)."""
+
+    def __init__(self, folder: Path) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+
+    def one_pass(self) -> tuple[float, float]:
+        """Seconds for 32 encodes of 32 texts (4 clients x 8 calls) and 8 of 16 texts (the 128
+        single texts a perfect batcher would merge 16 at a time)."""
+        t0 = time.perf_counter()
+        for _ in range(4 * EMBED_CALLS):
+            self.model.encode(SENTENCES, batch_size=32)
+        t32 = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(EMBED_CALLS):
+            self.model.encode(SENTENCES[:16], batch_size=16)
+        return t32, time.perf_counter() - t0
+
+    def one_at_a_time(self, repeats: int) -> float:
+        t1, _ = timed(lambda: [self.model.encode(SENTENCES[i : i + 1]) for i in range(16)], repeats)
+        return 16 / min(t1)
+
+
+async def embed_servers(
+    sides: dict[str, tuple[str, str, str]], repeats: int, floor: EmbedFloor | None = None
+) -> dict[str, Any]:
+    """Every side (name: url, model, path; and the in-process floor) measured in alternating
+    passes, A B F, F B A, ..., so that a drift of the machine falls on all; the best pass of
+    each is reported, and the median over rounds of each side's rate against the floor's and
+    llmi's against each peer's in the same round (``paired``)."""
     async with contextlib.AsyncExitStack() as stack:
         clients_by_side = {
             name: await stack.enter_async_context(
@@ -189,6 +208,9 @@ async def embed_servers(sides: dict[str, tuple[str, str, str]], repeats: int) ->
         }
 
         async def one_pass(name: str) -> tuple[float, float]:
+            if name == "floor":
+                assert floor is not None
+                return floor.one_pass()
             client, (_, model, path) = clients_by_side[name], sides[name]
 
             async def clients(n: int, texts: Callable[[int], list[str]]) -> float:
@@ -203,20 +225,35 @@ async def embed_servers(sides: dict[str, tuple[str, str, str]], repeats: int) ->
 
             return await clients(4, lambda _: SENTENCES), await clients(16, lambda i: [SENTENCES[i % 32]])
 
-        names = list(sides)
+        names = list(sides) + (["floor"] if floor is not None else [])
         for name in names:
             await one_pass(name)  # untimed warm-up
         passes: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
         for r in range(repeats):
             for name in names if r % 2 == 0 else names[::-1]:
                 passes[name].append(await one_pass(name))
-    return {
+    out: dict[str, Any] = {
         name: {
             "32 texts x c4 req/s": 4 * EMBED_CALLS / min(t for t, _ in runs),
             "1 text x c16 texts/s": 16 * EMBED_CALLS / min(t for _, t in runs),
         }
         for name, runs in passes.items()
+        if name != "floor"
     }
+    if floor is not None:
+        runs = passes["floor"]
+        out["floor"] = {
+            "encode 32 texts req/s": 4 * EMBED_CALLS / min(t for t, _ in runs),
+            "encode 16x1 batched texts/s": 16 * EMBED_CALLS / min(t for _, t in runs),
+        }
+    paired: dict[str, float] = {}
+    for a, b in [(n, "floor") for n in sides if floor is not None] + [("llmi", n) for n in sides if n != "llmi"]:
+        if a in passes and b in passes:
+            for i, label in ((0, "32xc4"), (1, "1xc16")):
+                rounds = [tb[i] / ta[i] for ta, tb in zip(passes[a], passes[b], strict=True)]
+                paired[f"{a} {label} vs {b}"] = statistics.median(rounds)
+    out["paired"] = paired
+    return out
 
 
 # --------------------------------------------------------------------------- peers
@@ -283,6 +320,8 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
         if "infinity" in embed:
             out["embed 32xc4 vs infinity"] = r["32 texts x c4 req/s"] / embed["infinity"]["32 texts x c4 req/s"]
             out["embed 1xc16 vs infinity"] = r["1 text x c16 texts/s"] / embed["infinity"]["1 text x c16 texts/s"]
+        for key, value in embed.get("paired", {}).items():
+            out[f"embed {key} (median of rounds)"] = value
     return out
 
 
@@ -334,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
             result["chat"] = chat
         if args.only in (None, "embed"):
             folder = args.embed_model or BUILDERS["tiny-bert-embed"](logs / "tiny-bert-embed")
-            embed: dict[str, Any] = {"model": folder.name, "floor": embed_floor(folder, args.repeats)}
+            floor_side = EmbedFloor(folder)
+            embed: dict[str, Any] = {"model": folder.name}
             rt = run_llmi(folder, logs, env)
             try:
                 with contextlib.ExitStack() as peers:
@@ -344,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                         cmd += ["--device", "cpu"]
                         url = peers.enter_context(peer(cmd, "/health", logs / "infinity.log", env))
                         sides["infinity"] = (url, str(folder), "/embeddings")
-                    embed.update(asyncio.run(embed_servers(sides, args.repeats)))
+                    embed.update(asyncio.run(embed_servers(sides, args.repeats, floor_side)))
+                    embed["floor"]["encode 1 text at a time texts/s"] = floor_side.one_at_a_time(args.repeats)
             finally:
                 rt.stop()
             result["embeddings"] = embed

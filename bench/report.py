@@ -145,6 +145,9 @@ def engine_rows(raw: dict[str, Any]) -> list[Row]:
                 peer = inf.get(key)
                 rows.append(Row("embeddings", f"{label} vs Infinity", mine, peer, "Infinity", label.split("(")[-1][:-1],
                                 _ratio(mine, peer), 1.05, "min", ">= 1.05x Infinity"))  # fmt: skip
+        for key, value in (embed.get("paired") or {}).items():
+            rows.append(Row("embeddings", f"{key}, median of rounds", value, 1.0, "the other side, same round", "x",
+                            value, math.nan, "min", "context: drift cancels within a round"))  # fmt: skip
     return rows
 
 
