@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from llmi_runtime import rehearsal
 from llmi_runtime.engines.base import LoadOptions
 from llmi_runtime.forkserver import checkpoint_keys, model_modules, warm_for, warm_renames
 
@@ -56,3 +57,23 @@ def test_a_cpu_load_copies_tensors_in_order_unless_the_user_chose(monkeypatch: p
     monkeypatch.setenv("HF_DEACTIVATE_ASYNC_LOAD", "0")
     LoadOptions(device="cpu").prepare_process()
     assert os.environ["HF_DEACTIVATE_ASYNC_LOAD"] == "0"
+
+
+def test_the_rehearsal_model_is_built_once_loaded_and_can_be_cut_short(tmp_path: Path) -> None:
+    if rehearsal.NVIDIA_DRIVER.exists():
+        pytest.skip("the rehearsal is skipped where an NVIDIA driver is present")
+    assert rehearsal.rehearse(tmp_path / "a", stop=lambda: True) is False
+    assert not (tmp_path / "a").exists(), "asked to stop first, it builds nothing"
+    assert rehearsal.rehearse(tmp_path) is True
+    built = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert "modules.json" in built
+    assert "model.safetensors" in built
+    assert [p.name for p in tmp_path.iterdir()] == ["model"], "nothing half-built is left beside it"
+    asked: list[bool] = []
+
+    def stop_after_the_load() -> bool:  # asked before the load, then between load and embedding
+        asked.append(True)
+        return len(asked) == 2
+
+    assert rehearsal.rehearse(tmp_path, stop=stop_after_the_load) is False
+    assert len(asked) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -86,6 +87,34 @@ async def test_two_forked_models_both_answer(launcher: WarmLauncher, tiny_models
     finally:
         assert await embed.stop() == -signal.SIGTERM  # uvicorn re-raises the signal after a clean shutdown
         await chat.stop()
+
+
+@aio
+async def test_a_start_is_handed_to_the_spare_forked_ahead_and_a_new_spare_follows(
+    tiny_models: dict[str, Path],
+) -> None:
+    launcher = WarmLauncher(runtime_env(), spare=True)
+    await launcher.warm()
+    server = launcher._live()
+    assert server is not None
+    await asyncio.wait_for(server.spare_made.wait(), 60)
+    spare = server.spare
+    assert spare is not None
+    embed = await start(launcher, tiny_models, "tiny-bert-embed", "embedding")
+    try:
+        assert embed.pid == spare, "the start went to the spare"
+        await asyncio.wait_for(server.spare_made.wait(), 60)
+        assert server.spare not in (None, spare), "the next spare is forked"
+        await launcher.wait_ready(embed, 120)
+        async with httpx.AsyncClient(timeout=60) as client:
+            e = await client.post(f"{embed.url}/v1/embeddings", json={"model": "tiny-bert-embed", "input": ["a"]})
+        assert e.status_code == 200, e.text
+        assert "--name tiny-bert-embed" in title(embed.pid)  # a runtime like any other now
+        assert os.getpgid(embed.pid) == embed.pid  # in a session of its own, out of the server's
+        assert server.pss() > 0
+    finally:
+        await embed.stop()
+        await launcher.close()
 
 
 @aio

@@ -10,9 +10,21 @@ It talks to `llmi serve` over one ``SOCK_SEQPACKET`` socket (a socketpair end in
 - to the router: ``{"op": "ready", "pid"}`` once imported; ``{"op": "started", "id", "pid"}`` or
   ``{"op": "error", "id", "message"}`` per start; ``{"op": "exited", "pid", "code"}`` when a child
   is reaped (``code`` negative for a signal, as asyncio reports it) — the router is not the
-  children's parent, so it cannot wait for them itself.
+  children's parent, so it cannot wait for them itself; ``{"op": "spare", "pid"}`` when a spare
+  is made (its memory is the launcher's, counted in the budget).
 - from the router: ``{"op": "start", "id", "argv", "env", "nice"}`` with the write end of the
   child's output pipe attached (``socket.send_fds``).
+
+With ``--spare`` one child is forked ahead and waits, having run what every runtime runs before
+its model is known (its argument parser, settings and server config, once, to warm their caches
+and take their copy-on-write faults); a start hands it the request over its own socket. That
+takes the fork (16-25 ms of a 2-core machine for a process that holds torch) and about 20 ms of
+start-up off a switch; and the spare loads and drops a model of a few kilobytes
+(``rehearsal``), which takes another 20 ms off the real model's first load. The spare is made
+right after each start, in the fork server's session and at its priority (low while it boots in
+the background); a start that comes while it still warms up ends the warm-up at its next step.
+At its start the spare leaves that session (``setsid``), so the runtime runs at the normal
+priority.
 
 Forking is safe here because no other thread exists at the fork: the parent never touches
 ``torch.cuda`` or runs a torch op (so no CUDA context, no OpenMP pool), has no Python threads
@@ -30,15 +42,20 @@ import importlib.util
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmi_runtime import rehearsal
 from llmi_runtime.lifeline import die_with_parent
 
 MAX_MESSAGE = 1 << 20
@@ -71,6 +88,15 @@ MODEL_PARTS = ("configuration", "modeling", "tokenization", "image_processing", 
 # A load compiles one regex per checkpoint tensor (its rename); ``re`` caches 512 patterns, so
 # a checkpoint's are compiled here only where they fit beside others.
 WARM_KEYS_MAX = 400
+
+
+@dataclass(frozen=True)
+class Spare:
+    """A forked child waiting for a start on ``sock``; ``pidfd`` tells the server when it exits."""
+
+    pid: int
+    pidfd: int
+    sock: socket.socket
 
 
 def send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -169,14 +195,18 @@ def warm_for(argv: list[str]) -> None:
 class ForkServer:
     """Owns the control socket and the children: forks on request, reaps through pidfds."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, spare: bool = False, rehearsal: Path | None = None) -> None:
         self.sock = sock
         self.selector = selectors.DefaultSelector()
         self.children: dict[int, int] = {}  # pidfd -> pid
         self.selector.register(sock, selectors.EVENT_READ)
+        self.keep_spare = spare
+        self.rehearsal = rehearsal  # where spares keep the model they load before a real one
+        self.spare: Spare | None = None
 
     def serve(self) -> None:
         send(self.sock, {"op": "ready", "pid": os.getpid()})
+        self._replenish()
         while True:
             for key, _ in self.selector.select():
                 if key.fileobj is self.sock:
@@ -196,19 +226,70 @@ class ForkServer:
             send(self.sock, {"op": "error", "id": message.get("id"), "message": "bad request"})
             return True
         try:
-            pid = self._fork(message, fds[0])
+            pid = self._hand_to_spare(message, fds[0])
+            if pid is None:
+                pid = self._fork(message, fds[0])
+                pidfd = os.pidfd_open(pid)
+                self.children[pidfd] = pid
+                self.selector.register(pidfd, selectors.EVENT_READ)
         except (OSError, RuntimeError) as exc:
             send(self.sock, {"op": "error", "id": message["id"], "message": f"fork failed: {exc}"})
             return True
         finally:
             os.close(fds[0])
-        pidfd = os.pidfd_open(pid)
-        self.children[pidfd] = pid
-        self.selector.register(pidfd, selectors.EVENT_READ)
         send(self.sock, {"op": "started", "id": message["id"], "pid": pid})
+        warm_for(message["argv"])  # for the spares to come (a fork warmed it already)
+        self._replenish()
         return True
 
+    def _hand_to_spare(self, message: dict[str, Any], out_fd: int) -> int | None:
+        """The spare's pid once it has the start, or None when there is none (or it just died).
+        A spare still warming up takes it too: it stops warming at its next step."""
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return None
+        try:
+            socket.send_fds(spare.sock, [json.dumps(message).encode()], [out_fd])
+        except OSError:
+            self._let_go(spare)
+            return None
+        finally:
+            spare.sock.close()
+        self.children[spare.pidfd] = spare.pid
+        return spare.pid
+
+    def _replenish(self) -> None:
+        """Fork the next spare, if spares are kept and none waits. Best effort: without one,
+        starts fork as they come."""
+        if not self.keep_spare or self.spare is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = self._fork_child(lambda parent: wait_as_spare(parent, theirs, self.rehearsal), close=[ours])
+        except (OSError, RuntimeError) as exc:
+            ours.close()
+            print(f"no spare runtime: {exc}", file=sys.stderr, flush=True)
+            return
+        finally:
+            theirs.close()
+        pidfd = os.pidfd_open(pid)
+        self.selector.register(pidfd, selectors.EVENT_READ)
+        self.spare = Spare(pid, pidfd, ours)
+        send(self.sock, {"op": "spare", "pid": pid})
+
+    def _let_go(self, spare: Spare) -> None:
+        """A spare that died (or was not wanted): reaped here, never reported (nobody knew it)."""
+        spare.sock.close()
+        self.selector.unregister(spare.pidfd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(spare.pid, 0)
+        os.close(spare.pidfd)
+
     def _reap(self, pidfd: int) -> None:
+        if self.spare is not None and pidfd == self.spare.pidfd:
+            spare, self.spare = self.spare, None
+            self._let_go(spare)
+            return
         pid = self.children.pop(pidfd)
         self.selector.unregister(pidfd)
         os.close(pidfd)
@@ -217,7 +298,12 @@ class ForkServer:
 
     def _fork(self, message: dict[str, Any], out_fd: int) -> int:
         warm_for(message["argv"])
-        check_no_threads()  # an import above must not have started one: refuse rather than fork unsafely
+        argv, env, nice = message["argv"], message["env"], int(message.get("nice", 0))
+        return self._fork_child(lambda parent: run_child(parent, argv, env, nice, out_fd))
+
+    def _fork_child(self, body: Callable[[int], int], close: Sequence[socket.socket] = ()) -> int:
+        """Fork a child that runs ``body(parent pid)`` and exits with its code; the child's pid."""
+        check_no_threads()  # an import must not have started one: refuse rather than fork unsafely
         sys.stdout.flush()
         sys.stderr.flush()
         # Out of the collector's sight in the child: a collection there would otherwise walk (and
@@ -230,12 +316,16 @@ class ForkServer:
             return pid
         code = 1
         try:
-            # Nothing of the server survives in the child: its socket, selector and pidfds.
+            # Nothing of the server survives in the child: its socket, selector, pidfds, spare.
             self.selector.close()
             for fd in self.children:
                 os.close(fd)
-            self.sock.close()
-            code = run_child(parent, message["argv"], message["env"], int(message.get("nice", 0)), out_fd)
+            if self.spare is not None:
+                os.close(self.spare.pidfd)
+                self.spare.sock.close()
+            for sock in (self.sock, *close):
+                sock.close()
+            code = body(parent)
         except BaseException:
             traceback.print_exc()
         finally:
@@ -243,6 +333,53 @@ class ForkServer:
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
+
+
+def wait_as_spare(parent: int, sock: socket.socket, rehearsal_dir: Path | None) -> int:
+    """In a spare: warm up, then wait for a start and run it; exit quietly if the server lets go.
+    A start that comes while it warms up ends the warm-up at its next step (tens of ms)."""
+    die_with_parent(parent)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    import setproctitle
+
+    setproctitle.setproctitle("llmi runtime-spare")
+
+    def start_waiting() -> bool:
+        return bool(select.select([sock], [], [], 0)[0])
+
+    if not start_waiting():
+        rehearse()
+    if rehearsal_dir is not None:
+        with contextlib.suppress(Exception):
+            rehearsal.rehearse(rehearsal_dir, stop=start_waiting)
+    data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
+    sock.close()
+    if not data or len(fds) != 1:
+        return 0
+    message = json.loads(data)
+    return run_child(parent, message["argv"], message["env"], int(message.get("nice", 0)), fds[0])
+
+
+def rehearse() -> None:
+    """Run once what every runtime runs before its model matters (the parser, the settings, the
+    server's config), so the real start finds caches filled and pages already copied: 24 ms of
+    those took 11 ms the second time in a forked child."""
+    with contextlib.suppress(Exception, SystemExit):
+        import uvicorn
+
+        from llmi.cli import build_parser
+        from llmi.settings import Settings
+        from llmi_runtime.http_protocol import OneWriteHttpToolsProtocol
+
+        build_parser().parse_args(["runtime", "--model", os.devnull, "--port", "0"])
+        Settings()
+        uvicorn.Config(None, loop="asyncio", ws="none", http=OneWriteHttpToolsProtocol, port=0, log_level="error")  # type: ignore[arg-type]
+        import torch
+
+        with torch.inference_mode():  # the CPU thread pool and kernels' first-call set-up (never CUDA)
+            x = torch.randn(8, 16, 64)
+            torch.nn.functional.scaled_dot_product_attention(x, x, x)
+            torch.nn.functional.layer_norm(torch.nn.functional.linear(x, torch.randn(64, 64)).softmax(-1), (64,))
 
 
 def run_child(parent: int, argv: list[str], env: dict[str, str], nice: int, out_fd: int) -> int:
@@ -282,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmi_runtime.forkserver", description=__doc__)
     parser.add_argument("--control-fd", type=int, required=True, help="inherited SOCK_SEQPACKET socket")
     parser.add_argument("--parent-pid", type=int, help="exit when this process (llmi serve) dies")
+    parser.add_argument("--spare", action="store_true", help="keep one child forked ahead for the next start")
     args = parser.parse_args(argv)
     die_with_parent(args.parent_pid)
     sock = socket.socket(fileno=args.control_fd)
@@ -290,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     import setproctitle
 
     setproctitle.setproctitle(f"llmi runtime-launcher --parent-pid {args.parent_pid}")
-    ForkServer(sock).serve()
+    with tempfile.TemporaryDirectory(prefix="llmi-rehearsal-") as rehearsal_dir:
+        ForkServer(sock, spare=args.spare, rehearsal=Path(rehearsal_dir)).serve()
     return 0
 
 

@@ -53,15 +53,18 @@ class ForkServerClient:
         self._ids = itertools.count(1)
         self._starts: dict[int, asyncio.Future[int]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
+        self.spare: int | None = None  # the pid of the child it keeps forked ahead, if any
+        self.spare_made = asyncio.Event()  # set when it announces a spare, cleared when one is used
         self._tasks = {asyncio.create_task(self._read()), asyncio.create_task(self._relay())}
 
     @classmethod
-    async def spawn(cls, env: dict[str, str]) -> ForkServerClient:
+    async def spawn(cls, env: dict[str, str], spare: bool = False) -> ForkServerClient:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *[sys.executable, "-m", "llmi_runtime.forkserver", "--control-fd", str(theirs.fileno())],
                 *["--parent-pid", str(os.getpid())],
+                *(["--spare"] if spare else []),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -81,6 +84,11 @@ class ForkServerClient:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def pss(self) -> int:
+        """The server's PSS plus its spare's: the memory the launcher holds apart from runtimes."""
+        spare = self.spare
+        return pss_bytes(self.pid) + (pss_bytes(spare) if spare is not None else 0)
 
     def reason(self) -> str:
         return self.tail[-1].strip()[-500:] if self.tail else "no output"
@@ -146,7 +154,13 @@ class ForkServerClient:
         op, pid = message.get("op"), message.get("pid")
         if op == "ready" and isinstance(pid, int) and not self.ready.done():
             self.ready.set_result(pid)
+        elif op == "spare" and isinstance(pid, int):
+            self.spare = pid
+            self.spare_made.set()
         elif op == "started" and isinstance(pid, int):
+            if pid == self.spare:
+                self.spare = None  # it is a runtime now, counted as one
+                self.spare_made.clear()
             self._exits[pid] = asyncio.get_running_loop().create_future()
             _resolve(self._take_start(message.get("id")), lambda f: f.set_result(pid))
         elif op == "error":

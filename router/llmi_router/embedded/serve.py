@@ -62,7 +62,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     metrics = RouterMetrics()
     command = vllm_command(settings) if budget.gpu else None
     gpu_total = int(args.gpu_memory_gb * 2**30) if args.gpu_memory_gb else hardware.gpu_memory_bytes()
-    launcher = default_launcher(hardware.forks_runtimes(settings))
+    launcher = default_launcher(hardware.forks_runtimes(settings), spare=settings.spare_runtime)
     supervisor = Supervisor(
         settings,
         budget,

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 
-from llmi_router.embedded.forkclient import ForkServerClient, ForkServerGone, pss_bytes
+from llmi_router.embedded.forkclient import ForkServerClient, ForkServerGone
 from llmi_router.embedded.launch import Launcher, RuntimeSpec
 from llmi_router.embedded.process import (
     ProcessLauncher,
@@ -34,9 +34,10 @@ PSS_MAX_AGE_S = 30.0
 class WarmLauncher(RuntimeClient):
     """Forks each runtime from a pre-imported fork server; cold `llmi runtime` when there is none."""
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    def __init__(self, env: dict[str, str] | None = None, spare: bool = False) -> None:
         super().__init__()
         self._env = dict(os.environ) if env is None else env
+        self._spare = spare  # the fork server keeps a runtime forked ahead
         self._server: ForkServerClient | None = None  # ready
         self._spawning: ForkServerClient | None = None  # still importing
         self._hurry = False  # someone waits for the boot under way: let it import at full priority
@@ -75,7 +76,7 @@ class WarmLauncher(RuntimeClient):
         await asyncio.sleep(delay)  # a back-off, not a synchronisation: a crashing server is not respawned hot
         server: ForkServerClient | None = None
         try:
-            server = self._spawning = await ForkServerClient.spawn(self._env)
+            server = self._spawning = await ForkServerClient.spawn(self._env, spare=self._spare)
             server.set_priority(0 if self._hurry else BACKGROUND_NICE)
             pid = await asyncio.wait_for(asyncio.shield(server.ready), READY_TIMEOUT_S)
         except (OSError, ForkServerGone, TimeoutError) as exc:
@@ -127,7 +128,8 @@ class WarmLauncher(RuntimeClient):
         return await spawn_runtime(name, *args, env, self.sockets)
 
     def reserved_bytes(self) -> int:
-        """The fork server's own PSS; pages its children still share with it are split between them.
+        """The fork server's own PSS and its spare's; pages its children still share with it are
+        split between them.
 
         Reading smaps_rollup of a process that holds the libraries takes tens of milliseconds of
         CPU, so it is read at once only for a new server, then again when the figure is
@@ -141,14 +143,14 @@ class WarmLauncher(RuntimeClient):
             return 0
         cached = self._pss
         if cached is None or cached[0] != server.pid:
-            cached = self._pss = (server.pid, time.monotonic(), pss_bytes(server.pid))
+            cached = self._pss = (server.pid, time.monotonic(), server.pss())
         elif time.monotonic() - cached[1] > PSS_MAX_AGE_S and self._reading is None:
             self._reading = asyncio.create_task(self._read_pss(server))
         return cached[2]
 
     async def _read_pss(self, server: ForkServerClient) -> None:
         try:
-            pss = await asyncio.to_thread(pss_bytes, server.pid)
+            pss = await asyncio.to_thread(server.pss)
             if self._pss is not None and self._pss[0] == server.pid:
                 self._pss = (server.pid, time.monotonic(), pss)
         finally:
@@ -189,8 +191,8 @@ async def _fork(
     return handle
 
 
-def default_launcher(warm: bool) -> Launcher:
+def default_launcher(warm: bool, spare: bool = False) -> Launcher:
     """The warm launcher where asked and it can work (``hardware.forks_runtimes``), else the cold one."""
     if warm and hasattr(os, "pidfd_open"):
-        return WarmLauncher()
+        return WarmLauncher(spare=spare)
     return ProcessLauncher()
