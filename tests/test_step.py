@@ -195,6 +195,17 @@ def test_the_last_release_of_a_busy_world_brings_the_idle_timeout() -> None:
     assert idle_deadline(after.slots["o"], config) is None  # still busy
 
 
+@pytest.mark.parametrize("waiting", [True, False])
+def test_a_ready_runtime_is_measured_at_once_only_when_no_request_waits_for_it(waiting: bool) -> None:
+    """A waiting request is granted in the same step, and the PSS read would run beside it; its
+    release brings the measure instead."""
+    world, effects = step(world_with(s.State.STARTING, waiting=waiting), s.Started("m", 1, "http://m", 0.1), NOW,
+                          CONFIGS["cpu"])  # fmt: skip
+    assert world.slots["m"].state is s.State.READY
+    assert any(isinstance(e, s.Grant) and e.model == "m" for e in effects) is waiting
+    assert any(isinstance(e, s.Measure) for e in effects) is not waiting
+
+
 def test_every_edge_of_the_table_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     """No dead edge: each (from, to) of TRANSITIONS happens for some (state, event) case above."""
     taken: set[tuple[s.State, s.State]] = set()

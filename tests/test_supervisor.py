@@ -484,20 +484,20 @@ async def test_measured_memory_replaces_the_estimate_in_the_plan() -> None:
     assert (card.memory_estimated_bytes, card.memory_measured_bytes) == (GIB, 2 * GIB)
 
 
-async def test_memory_is_measured_again_after_the_first_answer_only() -> None:
+async def test_a_load_a_request_waits_for_is_measured_at_its_first_answer_only() -> None:
+    """Not at readiness: the runtime's PSS read would run beside that first request."""
     sup, launcher, _ = await make(entry("a", 1), budget_gib=4)
     launcher.measured["a"] = GIB
     lease = await sup.acquire("a", 30)
     await sup.settled()
-    assert sup.slots["a"].measured == GIB  # measured once ready
-    launcher.measured["a"] = 3 * GIB // 2  # serving touched more pages
+    assert sup.slots["a"].measured is None, "not measured while its first request runs"
     lease.release()
     await sup.settled()
-    assert sup.slots["a"].measured == 3 * GIB // 2
-    assert sup.snapshot()["planned_bytes"] == 3 * GIB // 2
+    assert sup.slots["a"].measured == GIB
+    assert sup.snapshot()["planned_bytes"] == GIB
     launcher.measured["a"] = 2 * GIB
     await use(sup, "a")  # later answers are not measured again
-    assert sup.slots["a"].measured == 3 * GIB // 2
+    assert sup.slots["a"].measured == GIB
 
 
 async def test_the_launchers_own_memory_is_counted_in_a_host_budget() -> None:

@@ -274,7 +274,10 @@ def _started(b: _Builder, event: Started) -> None:
         last_load_s=event.seconds,
         answered=0,
     )
-    b.effects.append(Measure(event.model, event.attempt))
+    if not b.queued(event.model):
+        # Measured now only when nobody waits: a read of the runtime's PSS costs it tens of ms of
+        # CPU beside the first request, and the first answer brings a measure of its own.
+        b.effects.append(Measure(event.model, event.attempt))
     b.note("ready", event.model, slot.placement or "", event.seconds)
 
 
