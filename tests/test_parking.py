@@ -43,6 +43,7 @@ class FakeGpuEngine:
 
     model_type = ModelType.EMBEDDING
     dimensions = 4
+    batch_size = 32  # texts per forward
 
     def __init__(self) -> None:
         self.model = torch.nn.Linear(4, 4)
