@@ -62,9 +62,9 @@ def test_a_cpu_load_copies_tensors_in_order_unless_the_user_chose(monkeypatch: p
 def test_the_rehearsal_model_is_built_once_loaded_and_can_be_cut_short(tmp_path: Path) -> None:
     if rehearsal.NVIDIA_DRIVER.exists():
         pytest.skip("the rehearsal is skipped where an NVIDIA driver is present")
-    assert rehearsal.rehearse(tmp_path / "a", stop=lambda: True) is False
+    assert rehearsal.load(tmp_path / "a", stop=lambda: True) is False
     assert not (tmp_path / "a").exists(), "asked to stop first, it builds nothing"
-    assert rehearsal.rehearse(tmp_path) is True
+    assert rehearsal.load(tmp_path) is True
     built = sorted(p.name for p in (tmp_path / "model").iterdir())
     assert "modules.json" in built
     assert "model.safetensors" in built
@@ -75,5 +75,5 @@ def test_the_rehearsal_model_is_built_once_loaded_and_can_be_cut_short(tmp_path:
         asked.append(True)
         return len(asked) == 2
 
-    assert rehearsal.rehearse(tmp_path, stop=stop_after_the_load) is False
+    assert rehearsal.load(tmp_path, stop=stop_after_the_load) is False
     assert len(asked) == 2

@@ -226,7 +226,7 @@ class ForkServer:
             send(self.sock, {"op": "error", "id": message.get("id"), "message": "bad request"})
             return True
         try:
-            pid = self._hand_to_spare(message, fds[0])
+            pid = spared = self._hand_to_spare(message, fds[0])
             if pid is None:
                 pid = self._fork(message, fds[0])
                 pidfd = os.pidfd_open(pid)
@@ -238,7 +238,8 @@ class ForkServer:
         finally:
             os.close(fds[0])
         send(self.sock, {"op": "started", "id": message["id"], "pid": pid})
-        warm_for(message["argv"])  # for the spares to come (a fork warmed it already)
+        if spared is not None:
+            warm_for(message["argv"])  # for the spares to come (a fork warms it before forking)
         self._replenish()
         return True
 
@@ -348,38 +349,16 @@ def wait_as_spare(parent: int, sock: socket.socket, rehearsal_dir: Path | None) 
         return bool(select.select([sock], [], [], 0)[0])
 
     if not start_waiting():
-        rehearse()
+        rehearsal.start_up()
     if rehearsal_dir is not None:
         with contextlib.suppress(Exception):
-            rehearsal.rehearse(rehearsal_dir, stop=start_waiting)
+            rehearsal.load(rehearsal_dir, stop=start_waiting)
     data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
     sock.close()
     if not data or len(fds) != 1:
         return 0
     message = json.loads(data)
     return run_child(parent, message["argv"], message["env"], int(message.get("nice", 0)), fds[0])
-
-
-def rehearse() -> None:
-    """Run once what every runtime runs before its model matters (the parser, the settings, the
-    server's config), so the real start finds caches filled and pages already copied: 24 ms of
-    those took 11 ms the second time in a forked child."""
-    with contextlib.suppress(Exception, SystemExit):
-        import uvicorn
-
-        from llmi.cli import build_parser
-        from llmi.settings import Settings
-        from llmi_runtime.http_protocol import OneWriteHttpToolsProtocol
-
-        build_parser().parse_args(["runtime", "--model", os.devnull, "--port", "0"])
-        Settings()
-        uvicorn.Config(None, loop="asyncio", ws="none", http=OneWriteHttpToolsProtocol, port=0, log_level="error")  # type: ignore[arg-type]
-        import torch
-
-        with torch.inference_mode():  # the CPU thread pool and kernels' first-call set-up (never CUDA)
-            x = torch.randn(8, 16, 64)
-            torch.nn.functional.scaled_dot_product_attention(x, x, x)
-            torch.nn.functional.layer_norm(torch.nn.functional.linear(x, torch.randn(64, 64)).softmax(-1), (64,))
 
 
 def run_child(parent: int, argv: list[str], env: dict[str, str], nice: int, out_fd: int) -> int:
@@ -428,8 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     import setproctitle
 
     setproctitle.setproctitle(f"llmi runtime-launcher --parent-pid {args.parent_pid}")
+    if not args.spare:
+        ForkServer(sock).serve()
+        return 0
     with tempfile.TemporaryDirectory(prefix="llmi-rehearsal-") as rehearsal_dir:
-        ForkServer(sock, spare=args.spare, rehearsal=Path(rehearsal_dir)).serve()
+        ForkServer(sock, spare=True, rehearsal=Path(rehearsal_dir)).serve()
     return 0
 
 
