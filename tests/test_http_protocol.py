@@ -8,15 +8,18 @@ event, HEAD, 204 and ``100 Continue`` unchanged.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from llmi_runtime.http_protocol import OneWriteHttpToolsProtocol, _HeadWithBody
+from tests.kube_fixtures import eventually
 from tests.test_proxy import serving
 
 aio = pytest.mark.asyncio(loop_scope="session")
@@ -122,3 +125,40 @@ async def test_through_uvicorn_answers_are_whole_and_stream_headers_come_first()
         writer.write(b"GET /empty HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         assert (await reader.read(-1)).startswith(b"HTTP/1.1 204")
         writer.close()
+
+
+@aio
+async def test_a_tcp_connection_to_a_socket_bound_as_the_runtime_binds_it_sends_small_writes_at_once() -> None:
+    """uvicorn's ``bind_socket`` (what ``llmi runtime`` listens on) names no protocol, so
+    asyncio leaves Nagle's algorithm on; the protocol turns it off, or a stream's first token
+    waits for the client's delayed ACK."""
+
+    async def ok(request: Request) -> Response:
+        return JSONResponse({})
+
+    config = uvicorn.Config(
+        Starlette(routes=[Route("/", ok)]),
+        host="127.0.0.1",
+        port=0,
+        http=OneWriteHttpToolsProtocol,
+        log_level="warning",
+        lifespan="off",
+    )
+    sock = config.bind_socket()
+    assert sock.proto == 0, "the premise: a socket asyncio would leave alone"
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(30):
+            await eventually(lambda: server.started or task.done(), what="a server to start")
+            port = sock.getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            (connection,) = server.server_state.connections
+            accepted = connection.transport.get_extra_info("socket")
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            writer.close()
+    finally:
+        server.should_exit = True
+        await task

@@ -6,11 +6,16 @@ head that declares a content length waits for the first body write and goes out 
 chunked head (streams: their headers must reach the client at once), an interim ``100
 Continue`` and anything else are written as they come. A held head is flushed before the
 connection closes and when the response completes without a body write (HEAD, 204).
+
+It also turns Nagle's algorithm off on TCP connections. asyncio does so only for sockets made
+with ``IPPROTO_TCP`` named, and uvicorn's ``bind_socket`` names none: a stream's second small
+write then waited for the client's delayed ACK, and its first token came 40 ms late.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -53,9 +58,17 @@ class _HeadWithBody:
 
 class OneWriteHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        no_delay(transport)
         super().connection_made(transport)
         self.transport = _HeadWithBody(self.transport)  # type: ignore[assignment]
 
     def on_response_complete(self) -> None:
         self.transport.flush()  # type: ignore[attr-defined]
         super().on_response_complete()
+
+
+def no_delay(transport: asyncio.BaseTransport) -> None:
+    """Small writes leave at once on a TCP connection (a Unix socket has no such delay)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
