@@ -11,7 +11,8 @@ real ones (SmolLM2-135M-Instruct, all-MiniLM-L6-v2) the figures compare with iss
 chat (greedy, exactly N new tokens: ``min_new_tokens`` in-process, an EOS logit_bias of -100
 through the runtime):
 - 1 stream: `llmi runtime` streamed vs ``model.generate`` of one prompt, and time to the first
-  content delta vs the floor (``generate`` of one new token: prefill plus one step);
+  content delta vs the floor (``generate`` of one new token: prefill plus one step), best of
+  each and, in rounds that alternate a one-token stream with the floor, the median difference;
 - 4 concurrent streams: aggregate tok/s vs one batched, left-padded ``generate`` of the four prompts.
 
 embeddings (tok counts aside, requests per second):
@@ -65,6 +66,7 @@ PROMPTS = [
 ]
 SENTENCES = [f"Sentence {i}: the quick brown fox jumps over the lazy dog number {i}." for i in range(32)]
 Row = dict[str, Any]
+TTFT_ROUNDS = 15  # one-token streams paired with the floor's first token, alternating which goes first
 
 
 async def async_best_of(repeats: int, fn: Callable[[], Awaitable[Any]]) -> tuple[list[float], Any]:
@@ -80,39 +82,50 @@ async def async_best_of(repeats: int, fn: Callable[[], Awaitable[Any]]) -> tuple
 # --------------------------------------------------------------------------- chat
 
 
-def chat_floor(folder: Path, tokens: int, repeats: int) -> tuple[Row, list[list[int]], int]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class ChatFloor:
+    """``model.generate`` in this process, kept loaded so that its time to first token can be
+    taken between the server's (the machine's pace drifts by more than the 10 ms target)."""
 
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
-    texts = [
-        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for p in PROMPTS
-    ]
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    prompts = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    def __init__(self, folder: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    def run(batch: list[str], new: int) -> Any:
-        enc = tok(batch, add_special_tokens=False, return_tensors="pt", padding=True)
+        self.tok = tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, padding_side="left")
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
+        self.texts = [
+            tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in PROMPTS
+        ]
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        self.eos = int(tok.eos_token_id)
+
+    def run(self, batch: list[str], new: int) -> Any:
+        enc = self.tok(batch, add_special_tokens=False, return_tensors="pt", padding=True)
         with torch.inference_mode():
-            return model.generate(
-                **enc, do_sample=False, max_new_tokens=new, min_new_tokens=new, pad_token_id=tok.pad_token_id
+            return self.model.generate(
+                **enc, do_sample=False, max_new_tokens=new, min_new_tokens=new, pad_token_id=self.tok.pad_token_id
             )
 
-    one, _ = timed(lambda: run(texts[:1], tokens), repeats)
-    four, _ = timed(lambda: run(texts, tokens), repeats)
-    first, _ = timed(lambda: run(texts[:1], 1), repeats)
-    row = {
-        "generate 1 stream tok/s": tokens / min(one),
-        "generate batched x4 tok/s": 4 * tokens / min(four),
-        "ttft floor ms": 1000 * min(first),
-    }
-    eos = tok.eos_token_id
-    return row, prompts, int(eos)
+    def first_token_s(self) -> float:
+        """Prefill plus one step of the first prompt, tokenization included."""
+        t0 = time.perf_counter()
+        self.run(self.texts[:1], 1)
+        return time.perf_counter() - t0
+
+    def rates(self, tokens: int, repeats: int) -> Row:
+        one, _ = timed(lambda: self.run(self.texts[:1], tokens), repeats)
+        four, _ = timed(lambda: self.run(self.texts, tokens), repeats)
+        first, _ = timed(lambda: self.run(self.texts[:1], 1), repeats)
+        return {
+            "generate 1 stream tok/s": tokens / min(one),
+            "generate batched x4 tok/s": 4 * tokens / min(four),
+            "ttft floor ms": 1000 * min(first),
+        }
 
 
-async def chat_server(url: str, model: str, tokens: int, repeats: int, eos: int) -> Row:
+async def chat_server(url: str, model: str, tokens: int, repeats: int, eos: int, floor: ChatFloor | None = None) -> Row:
+    """Streams' rates, and (with ``floor``) time to first token in rounds that alternate a
+    one-token stream with the floor's ``first_token_s``: the median of their differences."""
     body = {
         "model": model,
         "temperature": 0,
@@ -122,9 +135,9 @@ async def chat_server(url: str, model: str, tokens: int, repeats: int, eos: int)
         "stream_options": {"include_usage": True},
     }
 
-    async def stream(client: httpx.AsyncClient, prompt: str) -> tuple[float, int]:
+    async def stream(client: httpx.AsyncClient, prompt: str, new: int = tokens) -> tuple[float, int]:
         t0, first, n = time.perf_counter(), float("nan"), 0
-        payload = {**body, "messages": [{"role": "user", "content": prompt}]}
+        payload = {**body, "max_tokens": new, "messages": [{"role": "user", "content": prompt}]}
         async with client.stream("POST", "/v1/chat/completions", json=payload) as r:
             r.raise_for_status()
             async for line in r.aiter_lines():
@@ -152,12 +165,26 @@ async def chat_server(url: str, model: str, tokens: int, repeats: int, eos: int)
             return sum(n for _, n in got)
 
         times4, n4 = await async_best_of(repeats, four)
-    return {
+        pairs: list[tuple[float, float]] = []  # (server, floor) seconds, one round each
+        for r in range(TTFT_ROUNDS if floor is not None else 0):
+            if r % 2:
+                server = (await stream(client, PROMPTS[0], 1))[0]
+                pairs.append((server, floor.first_token_s()))  # type: ignore[union-attr]
+            else:
+                first_s = floor.first_token_s()  # type: ignore[union-attr]
+                pairs.append(((await stream(client, PROMPTS[0], 1))[0], first_s))
+    row: Row = {
         "1 stream tok/s": n1 / min(times1),
         "4 streams tok/s": n4 / min(times4),
         "ttft ms": 1000 * min(ttfts[1:]),
         "tokens (1, 4)": (n1, n4),
     }
+    if pairs:
+        row["ttft ms, median of rounds"] = 1000 * statistics.median(s for s, _ in pairs)
+        row["ttft floor ms, median of rounds"] = 1000 * statistics.median(f for _, f in pairs)
+        row["ttft - floor ms, median of rounds"] = 1000 * statistics.median(s - f for s, f in pairs)
+        row["ttft rounds"] = len(pairs)
+    return row
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -308,6 +335,8 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
         out["chat 1 stream vs generate"] = r["1 stream tok/s"] / f["generate 1 stream tok/s"]
         out["chat 4 streams vs batched generate"] = r["4 streams tok/s"] / f["generate batched x4 tok/s"]
         out["chat ttft - floor (ms)"] = r["ttft ms"] - f["ttft floor ms"]
+        if "ttft - floor ms, median of rounds" in r:
+            out["chat ttft - floor (ms), median of rounds"] = r["ttft - floor ms, median of rounds"]
         if "transformers serve" in chat:
             out["chat 4 streams vs transformers serve"] = (
                 r["4 streams tok/s"] / chat["transformers serve"]["4 streams tok/s"]
@@ -346,11 +375,12 @@ def main(argv: list[str] | None = None) -> int:
         logs = Path(tmp)
         if args.only in (None, "chat"):
             folder = args.chat_model or BUILDERS["tiny-llama-chat"](logs / "tiny-llama-chat")
-            floor, _, eos = chat_floor(folder, args.tokens, args.repeats)
-            chat: dict[str, Any] = {"model": folder.name, "floor": floor}
+            chat_floor = ChatFloor(folder)
+            eos = chat_floor.eos
+            chat: dict[str, Any] = {"model": folder.name, "floor": chat_floor.rates(args.tokens, args.repeats)}
             rt = run_llmi(folder, logs, env)
             try:
-                chat["llmi"] = asyncio.run(chat_server(rt.url, rt.name, args.tokens, args.repeats, eos))
+                chat["llmi"] = asyncio.run(chat_server(rt.url, rt.name, args.tokens, args.repeats, eos, chat_floor))
             finally:
                 rt.stop()
             serve = args.transformers_serve
@@ -371,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                         chat_server(url, str(folder), args.tokens, args.repeats, eos)
                     )
             result["chat"] = chat
+            del chat_floor
         if args.only in (None, "embed"):
             folder = args.embed_model or BUILDERS["tiny-bert-embed"](logs / "tiny-bert-embed")
             floor_side = EmbedFloor(folder)

@@ -131,23 +131,44 @@ def engine_rows(raw: dict[str, Any]) -> list[Row]:
                             ">= 1.1x transformers serve"))  # fmt: skip
         ttft, floor = r.get("ttft ms"), f.get("ttft floor ms")
         added = ttft - floor if ttft is not None and floor is not None else None
-        rows.append(Row("chat", "time to first token", ttft, floor, "generate of 1 token", "ms", added, 10.0, "max",
-                        "<= floor + 10 ms"))  # fmt: skip
+        paired = r.get("ttft - floor ms, median of rounds")
+        if paired is not None:  # the target is judged on rounds, where the machine's drift cancels
+            rows.append(Row("chat", "time to first token, median of paired rounds", r.get("ttft ms, median of rounds"),
+                            r.get("ttft floor ms, median of rounds"), "generate of 1 token, same round", "ms", paired,
+                            10.0, "max", "<= floor + 10 ms"))  # fmt: skip
+        rows.append(Row("chat", "time to first token, best of each", ttft, floor, "generate of 1 token", "ms", added,
+                        math.nan if paired is not None else 10.0, "max",
+                        "context: best runs, apart in time" if paired is not None else "<= floor + 10 ms"))  # fmt: skip
     if embed:
         f, r, inf = embed.get("floor") or {}, embed.get("llmi") or {}, embed.get("infinity") or {}
+        paired = embed.get("paired") or {}
         c4, c16 = r.get("32 texts x c4 req/s"), r.get("1 text x c16 texts/s")
         enc = f.get("encode 32 texts req/s")
-        rows.append(Row("embeddings", "32 texts x concurrency 4 (req/s)", c4, enc, "encode", "req/s",
-                        _ratio(c4, enc), 1.0, "min", ">= 1.0x encode"))  # fmt: skip
+        # The targets are judged on the median of rounds where it exists (each round runs every
+        # side back to back, so drift cancels); each side's best pass, taken apart in time, is context.
+        judged = {
+            "llmi 32xc4 vs floor": (1.0, ">= 1.0x encode"),
+            "llmi 32xc4 vs infinity": (1.05, ">= 1.05x Infinity"),
+            "llmi 1xc16 vs infinity": (1.05, ">= 1.05x Infinity"),
+        }
+        best = [("32 texts x concurrency 4 (req/s)", c4, enc, "encode", "req/s", "llmi 32xc4 vs floor")]
         if inf:
-            for label, mine, key in (("32 texts x concurrency 4 (req/s)", c4, "32 texts x c4 req/s"),
-                                     ("1 text x concurrency 16 (texts/s)", c16, "1 text x c16 texts/s")):  # fmt: skip
-                peer = inf.get(key)
-                rows.append(Row("embeddings", f"{label} vs Infinity", mine, peer, "Infinity", label.split("(")[-1][:-1],
-                                _ratio(mine, peer), 1.05, "min", ">= 1.05x Infinity"))  # fmt: skip
-        for key, value in (embed.get("paired") or {}).items():
+            best += [
+                ("32 texts x concurrency 4 (req/s) vs Infinity", c4, inf.get("32 texts x c4 req/s"), "Infinity",
+                 "req/s", "llmi 32xc4 vs infinity"),
+                ("1 text x concurrency 16 (texts/s) vs Infinity", c16, inf.get("1 text x c16 texts/s"), "Infinity",
+                 "texts/s", "llmi 1xc16 vs infinity"),
+            ]  # fmt: skip
+        for label, mine, peer, peer_name, unit, key in best:
+            target, text = judged[key]
+            if key in paired:
+                target, text = math.nan, "context: best pass of each, apart in time"
+            rows.append(Row("embeddings", f"{label}, best pass", mine, peer, peer_name, unit, _ratio(mine, peer),
+                            target, "min", text))  # fmt: skip
+        for key, value in paired.items():
+            target, text = judged.get(key, (math.nan, "context: drift cancels within a round"))
             rows.append(Row("embeddings", f"{key}, median of rounds", value, 1.0, "the other side, same round", "x",
-                            value, math.nan, "min", "context: drift cancels within a round"))  # fmt: skip
+                            value, target, "min", text))  # fmt: skip
     return rows
 
 

@@ -26,7 +26,20 @@ def results() -> dict[str, Any]:
     engines = {
         "chat": {
             "floor": {"generate 1 stream tok/s": 25.0, "generate batched x4 tok/s": 70.0, "ttft floor ms": 80.0},
-            "llmi": {"1 stream tok/s": 25.0, "4 streams tok/s": 75.0, "ttft ms": 95.0},
+            "llmi": {
+                "1 stream tok/s": 25.0,
+                "4 streams tok/s": 75.0,
+                "ttft ms": 95.0,
+                "ttft ms, median of rounds": 90.0,
+                "ttft floor ms, median of rounds": 84.0,
+                "ttft - floor ms, median of rounds": 6.0,
+            },
+        },
+        "embeddings": {
+            "floor": {"encode 32 texts req/s": 6.0},
+            "llmi": {"32 texts x c4 req/s": 5.0, "1 text x c16 texts/s": 100.0},
+            "infinity": {"32 texts x c4 req/s": 5.5, "1 text x c16 texts/s": 80.0},
+            "paired": {"llmi 32xc4 vs floor": 1.02, "llmi 32xc4 vs infinity": 1.01, "llmi 1xc16 vs infinity": 1.3},
         },
     }
     switch = {
@@ -73,8 +86,14 @@ def test_every_figure_gets_a_row_judged_against_its_target() -> None:
     assert vs_litellm.value == pytest.approx(8.0)
     assert vs_litellm.met is False  # 8x < 20x
     assert rows["router CPU per request"].met is False  # 0.9 > 0.4 ms
-    assert rows["time to first token"].value == pytest.approx(15.0)
-    assert rows["time to first token"].met is False  # 15 ms over the floor > 10
+    # Judged on the median of paired rounds (6 ms over); the best of each (15 ms over) is context.
+    assert rows["time to first token, median of paired rounds"].met is True
+    assert rows["time to first token, best of each"].value == pytest.approx(15.0)
+    assert rows["time to first token, best of each"].met is None
+    assert rows["llmi 32xc4 vs floor, median of rounds"].met is True  # 1.02 >= 1.0
+    assert rows["llmi 32xc4 vs infinity, median of rounds"].met is False  # 1.01 < 1.05
+    assert rows["llmi 1xc16 vs infinity, median of rounds"].met is True
+    assert rows["32 texts x concurrency 4 (req/s), best pass"].met is None  # 0.83x, context
     assert rows["4 streams tok/s"].met is True
     assert rows["switch to a vs bare cold start"].met is True  # 0.075x <= 0.2x
     assert rows["switch to a vs in-process floor"].met is False  # 0.3 s > 1.25 * 0.1 + 0.1
