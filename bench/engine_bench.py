@@ -115,7 +115,7 @@ class ChatFloor:
     def rates(self, tokens: int, repeats: int) -> Row:
         one, _ = timed(lambda: self.run(self.texts[:1], tokens), repeats)
         four, _ = timed(lambda: self.run(self.texts, tokens), repeats)
-        first, _ = timed(lambda: self.run(self.texts[:1], 1), repeats)
+        first, _ = timed(self.first_token_s, repeats)
         return {
             "generate 1 stream tok/s": tokens / min(one),
             "generate batched x4 tok/s": 4 * tokens / min(four),
@@ -167,12 +167,14 @@ async def chat_server(url: str, model: str, tokens: int, repeats: int, eos: int,
         times4, n4 = await async_best_of(repeats, four)
         pairs: list[tuple[float, float]] = []  # (server, floor) seconds, one round each
         for r in range(TTFT_ROUNDS if floor is not None else 0):
-            if r % 2:
-                server = (await stream(client, PROMPTS[0], 1))[0]
-                pairs.append((server, floor.first_token_s()))  # type: ignore[union-attr]
+            assert floor is not None
+            if r % 2 == 0:
+                floor_s = floor.first_token_s()
+                server_s = (await stream(client, PROMPTS[0], 1))[0]
             else:
-                first_s = floor.first_token_s()  # type: ignore[union-attr]
-                pairs.append(((await stream(client, PROMPTS[0], 1))[0], first_s))
+                server_s = (await stream(client, PROMPTS[0], 1))[0]
+                floor_s = floor.first_token_s()
+            pairs.append((server_s, floor_s))
     row: Row = {
         "1 stream tok/s": n1 / min(times1),
         "4 streams tok/s": n4 / min(times4),
