@@ -403,6 +403,12 @@ def memory_part(work: Path, folders: dict[str, Path], args: argparse.Namespace, 
             for name in names:
                 before = next(c for c in client.get(f"{serve.url}/v1/models").json()["data"] if c["id"] == name)
                 request(client, serve.url, name, image)
+                # A spare forked after this load copies pages it shares with the runtime as it warms
+                # up, and the runtime is measured again then: wait for that first.
+                for _ in range(600):
+                    if client.get(f"{serve.url}/v1/health").json().get("spare_runtime") != "warming":
+                        break
+                    time.sleep(0.1)
                 # Measured once loaded and again after the first answer: wait until the figure settles.
                 seen: list[int | None] = []
                 for _ in range(100):

@@ -172,8 +172,8 @@ class Settings(BaseSettings):
         description="With warm runtimes, keep one runtime forked ahead, warmed up on a model of a few KiB, "
         "waiting for the next model: a switch skips the fork, the start-up and the first load's one-time costs "
         "(tiny models, 2 cores: 108-119 ms against 134-150 when switches are 0.4 s apart; no gain back to back). "
-        "Off by default: as the spare warms up, pages it shared with the runtimes become its own, so a runtime's "
-        "measured memory can read up to 18% below its PSS until measured again.",
+        "As the spare warms up, pages it shared with the runtimes become its own and their PSS grows; the ready "
+        "runtimes are measured again once it is warm.",
     )
     idle_timeout_s: float = Field(
         600.0, ge=0, description="Unload a model idle this long (s) when LLM_AUTO_UNLOAD_MODELS is on."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from llmi import planner
@@ -66,6 +67,7 @@ class FakeLauncher:
         self.residue = GIB // 4
         self.load_seconds = 0.0
         self.reserved = 0
+        self.shifted: Callable[[], None] | None = None  # the supervisor's remeasure hook
         self.specs: list[RuntimeSpec] = []
         self.began: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)  # start() was called
 
@@ -98,6 +100,12 @@ class FakeLauncher:
 
     def reserved_bytes(self) -> int:
         return self.reserved
+
+    def on_shift(self, notify: Callable[[], None]) -> None:
+        self.shifted = notify  # a test calls it as a spare's warm-up would
+
+    def spare_state(self) -> str | None:
+        return None
 
     async def close(self) -> None:
         pass

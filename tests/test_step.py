@@ -81,6 +81,7 @@ def events_for(attempt: int) -> list[s.Event]:
         s.Woken("m", attempt),
         s.Measured("m", attempt, 2 * GIB),
         s.Tick(),
+        s.Remeasure(),
         s.CatalogChanged((entry("m"), entry("o"), entry("w", 1.2))),
         s.CatalogChanged((entry("o"), entry("w", 1.2))),
         s.Close(),

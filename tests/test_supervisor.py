@@ -500,6 +500,23 @@ async def test_a_load_a_request_waits_for_is_measured_at_its_first_answer_only()
     assert sup.slots["a"].measured == GIB
 
 
+async def test_ready_runtimes_are_measured_again_when_the_launcher_says_their_shares_shifted() -> None:
+    """A spare runtime that has warmed up copied pages the runtimes shared with it: their PSS grew."""
+    sup, launcher, _ = await make(entry("a", 1), entry("b", 1), budget_gib=4)
+    launcher.measured.update(a=GIB, b=GIB)
+    await use(sup, "a")
+    await use(sup, "b")
+    await sup.unload("b")
+    await sup.settled()
+    launcher.measured.update(a=GIB + GIB // 8, b=2 * GIB)
+    assert launcher.shifted is not None, "the supervisor gave the launcher its hook"
+    launcher.shifted()
+    await sup.settled()
+    assert sup.slots["a"].measured == GIB + GIB // 8
+    assert sup.snapshot()["planned_bytes"] == GIB + GIB // 8
+    assert sup.slots["b"].measured == GIB, "a runtime that is gone is not measured"
+
+
 async def test_the_launchers_own_memory_is_counted_in_a_host_budget() -> None:
     sup, launcher, _ = await make(entry("a", 1), entry("b", 1), budget_gib=2.5)
     launcher.reserved = GIB  # a pre-imported parent process

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -112,6 +113,37 @@ async def test_a_start_is_handed_to_the_spare_forked_ahead_and_a_new_spare_follo
         assert "--name tiny-bert-embed" in title(embed.pid)  # a runtime like any other now
         assert os.getpgid(embed.pid) == embed.pid  # in a session of its own, out of the server's
         assert server.pss() > 0
+    finally:
+        await embed.stop()
+        await launcher.close()
+
+
+@aio
+async def test_a_spare_that_has_warmed_up_has_the_runtimes_measured_again(tiny_models: dict[str, Path]) -> None:
+    """Its warm-up copied pages it shared with the runtimes: the launcher reads its own share anew,
+    then says so (the supervisor measures the ready runtimes again); each new spare does too."""
+    launcher = WarmLauncher(runtime_env(), spare=True)
+    shifted = asyncio.Event()
+    launcher.on_shift(shifted.set)
+    await launcher.warm()
+    server = launcher._live()
+    assert server is not None
+    launcher.reserved_bytes()  # a figure to read anew
+    await asyncio.wait_for(server.spare_made.wait(), 60)
+    announced = time.monotonic()
+    await asyncio.wait_for(shifted.wait(), 120)
+    assert launcher.spare_state() == "warm"
+    assert launcher._pss is not None
+    assert launcher._pss[1] > announced, "its share was read after the warm-up"
+    first = server.spare
+    shifted.clear()
+    embed = await start(launcher, tiny_models, "tiny-bert-embed", "embedding")
+    try:
+        assert embed.pid == first
+        assert launcher.spare_state() in (None, "warming"), "the next spare has yet to warm up"
+        await asyncio.wait_for(shifted.wait(), 120)
+        assert launcher.spare_state() == "warm"
+        assert server.spare not in (None, first)
     finally:
         await embed.stop()
         await launcher.close()

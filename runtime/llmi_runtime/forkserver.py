@@ -11,7 +11,9 @@ It talks to `llmi serve` over one ``SOCK_SEQPACKET`` socket (a socketpair end in
   ``{"op": "error", "id", "message"}`` per start; ``{"op": "exited", "pid", "code"}`` when a child
   is reaped (``code`` negative for a signal, as asyncio reports it) — the router is not the
   children's parent, so it cannot wait for them itself; ``{"op": "spare", "pid"}`` when a spare
-  is made (its memory is the launcher's, counted in the budget).
+  is made (its memory is the launcher's, counted in the budget); ``{"op": "spare-warm", "pid"}``
+  when it has warmed up (its copy-on-write faults taken: the pages it copied are no longer shared
+  with the runtimes, so their PSS shares grew and are measured again).
 - from the router: ``{"op": "start", "id", "argv", "env", "nice"}`` with the write end of the
   child's output pipe attached (``socket.send_fds``).
 
@@ -212,6 +214,8 @@ class ForkServer:
                 if key.fileobj is self.sock:
                     if not self._request():
                         return  # the router closed its end (or died): our children die with us
+                elif key.data == "spare":
+                    self._spare_said(key.fileobj)  # type: ignore[arg-type]
                 else:
                     self._reap(key.fd)
 
@@ -249,6 +253,8 @@ class ForkServer:
         spare, self.spare = self.spare, None
         if spare is None:
             return None
+        with contextlib.suppress(KeyError):  # unregistered already if it ended
+            self.selector.unregister(spare.sock)
         try:
             socket.send_fds(spare.sock, [json.dumps(message).encode()], [out_fd])
         except OSError:
@@ -276,10 +282,25 @@ class ForkServer:
         pidfd = os.pidfd_open(pid)
         self.selector.register(pidfd, selectors.EVENT_READ)
         self.spare = Spare(pid, pidfd, ours)
+        self.selector.register(ours, selectors.EVENT_READ, "spare")
         send(self.sock, {"op": "spare", "pid": pid})
+
+    def _spare_said(self, sock: socket.socket) -> None:
+        """The spare's one message: it is warm (relayed); an end of file is its exit (its pidfd reaps it)."""
+        spare = self.spare
+        if spare is None or sock is not spare.sock:
+            return
+        with contextlib.suppress(OSError):
+            data = sock.recv(MAX_MESSAGE)
+            if data and json.loads(data).get("op") == "warm":
+                send(self.sock, {"op": "spare-warm", "pid": spare.pid})
+                return
+        self.selector.unregister(sock)  # it ended: never readable again, reaped when its pidfd says so
 
     def _let_go(self, spare: Spare) -> None:
         """A spare that died (or was not wanted): reaped here, never reported (nobody knew it)."""
+        with contextlib.suppress(KeyError):
+            self.selector.unregister(spare.sock)
         spare.sock.close()
         self.selector.unregister(spare.pidfd)
         with contextlib.suppress(ChildProcessError):
@@ -350,9 +371,14 @@ def wait_as_spare(parent: int, sock: socket.socket, rehearsal_dir: Path | None) 
 
     if not start_waiting():
         rehearsal.start_up()
+    warm = False
     if rehearsal_dir is not None:
         with contextlib.suppress(Exception):
-            rehearsal.load(rehearsal_dir, stop=start_waiting)
+            warm = rehearsal.load(rehearsal_dir, stop=start_waiting)
+    if warm and not start_waiting():
+        gc.collect()  # what the rehearsal left, before its pages are measured
+        with contextlib.suppress(OSError):
+            send(sock, {"op": "warm"})
     data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
     sock.close()
     if not data or len(fds) != 1:

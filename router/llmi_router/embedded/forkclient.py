@@ -55,6 +55,8 @@ class ForkServerClient:
         self._exits: dict[int, asyncio.Future[int]] = {}
         self.spare: int | None = None  # the pid of the child it keeps forked ahead, if any
         self.spare_made = asyncio.Event()  # set when it announces a spare, cleared when one is used
+        self.spare_warm = False  # the spare has warmed up (its copy-on-write faults taken)
+        self.on_spare_warm: Callable[[], None] | None = None  # told when it has
         self._tasks = {asyncio.create_task(self._read()), asyncio.create_task(self._relay())}
 
     @classmethod
@@ -155,11 +157,15 @@ class ForkServerClient:
         if op == "ready" and isinstance(pid, int) and not self.ready.done():
             self.ready.set_result(pid)
         elif op == "spare" and isinstance(pid, int):
-            self.spare = pid
+            self.spare, self.spare_warm = pid, False
             self.spare_made.set()
+        elif op == "spare-warm" and pid == self.spare:
+            self.spare_warm = True
+            if self.on_spare_warm is not None:
+                self.on_spare_warm()
         elif op == "started" and isinstance(pid, int):
             if pid == self.spare:
-                self.spare = None  # it is a runtime now, counted as one
+                self.spare, self.spare_warm = None, False  # it is a runtime now, counted as one
                 self.spare_made.clear()
             self._exits[pid] = asyncio.get_running_loop().create_future()
             _resolve(self._take_start(message.get("id")), lambda f: f.set_result(pid))

@@ -5,7 +5,7 @@ tests pass in-memory fakes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,6 +73,15 @@ class Launcher(Protocol):
     def reserved_bytes(self) -> int:
         """Memory the launcher itself holds that the budget must count (a pre-imported parent or
         a spare runtime); 0 for the cold launcher."""
+        ...
+
+    def on_shift(self, notify: Callable[[], None]) -> None:
+        """Call ``notify`` whenever the memory its runtimes share with it shifts (a spare runtime
+        finished warming up), so that they are measured again; never, for the cold launcher."""
+        ...
+
+    def spare_state(self) -> str | None:
+        """Its spare runtime: ``"warming"``, ``"warm"``, or None when it keeps none."""
         ...
 
     async def close(self) -> None: ...

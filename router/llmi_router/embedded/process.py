@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,12 @@ class RuntimeClient:
 
     async def wake(self, handle: RuntimeHandle) -> None:
         await wake(handle.url, self._client)
+
+    def on_shift(self, notify: Callable[[], None]) -> None:
+        pass  # separate interpreters share nothing worth measuring again
+
+    def spare_state(self) -> str | None:
+        return None
 
     async def close(self) -> None:
         await self._client.aclose()

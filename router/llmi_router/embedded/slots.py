@@ -214,6 +214,12 @@ class Tick:
 
 
 @dataclass(frozen=True)
+class Remeasure:
+    """What the runtimes share with their launcher shifted (a spare runtime finished warming up and
+    made its copies of their common pages): each ready runtime's PSS share grew; measure again."""
+
+
+@dataclass(frozen=True)
 class CatalogChanged:
     entries: tuple[ModelEntry, ...]
     measured: Mapping[str, int] = field(default_factory=dict)  # remembered figures by model name
@@ -249,6 +255,7 @@ Event = (
     | Woken
     | Measured
     | Tick
+    | Remeasure
     | CatalogChanged
     | Close
     | Unload

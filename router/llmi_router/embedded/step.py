@@ -55,6 +55,7 @@ from llmi_router.embedded.slots import (
     RefusalKind,
     Refuse,
     Release,
+    Remeasure,
     Slot,
     Spawn,
     Started,
@@ -215,6 +216,10 @@ def _apply(b: _Builder, event: Event) -> None:
                 b.set(name, measured=size, measured_placement=slot.placement, footprint=counted)
         case Tick():
             pass
+        case Remeasure():
+            for name, slot in b.slots.items():
+                if slot.state is State.READY and slot.measured is not None:
+                    b.effects.append(Measure(name, slot.attempt))
         case CatalogChanged():
             _catalog(b, event)
         case Unload(model=name):

@@ -101,6 +101,7 @@ class Supervisor:
         self._published: dict[str, tuple[s.Slot, int]] = {}  # what the gauges show, by model
         self._series: dict[str, _Series] = {}
         metrics.budget_bytes.set(budget.total_bytes)
+        self.launcher.on_shift(lambda: self.post(s.Remeasure()))
         metrics.planned_bytes.set_function(lambda: float(self.world.planned_bytes()))
 
     # -- the port -----------------------------------------------------------------------------
@@ -229,6 +230,7 @@ class Supervisor:
         return {
             "budget_bytes": self.budget.total_bytes,
             "reserved_bytes": self.config.reserved_bytes,
+            "spare_runtime": self.launcher.spare_state(),
             "planned_bytes": self.world.planned_bytes(),
             "models": {n: slot.state.value for n, slot in self.world.slots.items()},
         }

@@ -11,6 +11,7 @@ import importlib.util
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -82,6 +83,12 @@ class VllmLauncher:
 
     def reserved_bytes(self) -> int:
         return 0
+
+    def on_shift(self, notify: Callable[[], None]) -> None:
+        pass  # its own interpreters, sharing nothing with a launcher
+
+    def spare_state(self) -> str | None:
+        return None
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from llmi_router.embedded.forkclient import ForkServerClient, ForkServerGone
 from llmi_router.embedded.launch import Launcher, RuntimeSpec
@@ -46,6 +47,7 @@ class WarmLauncher(RuntimeClient):
         self._closed = False
         self._pss: tuple[int, float, int] | None = None  # (server pid, read at, PSS)
         self._reading: asyncio.Task[None] | None = None
+        self._notify: Callable[[], None] | None = None  # the supervisor's: measure the runtimes again
 
     def prepare(self) -> None:
         """Start the fork server in the background, if it is not running or starting already."""
@@ -95,6 +97,7 @@ class WarmLauncher(RuntimeClient):
         log.info("warm runtimes: fork server %d ready", pid)
         self._failures = 0
         self._server = server
+        server.on_spare_warm = lambda: self._spare_warmed(server)
         self._booting, self._spawning, self._hurry = None, None, False
         server.gone.add_done_callback(lambda _: self._lost(server))
         return server
@@ -148,13 +151,33 @@ class WarmLauncher(RuntimeClient):
             self._reading = asyncio.create_task(self._read_pss(server))
         return cached[2]
 
-    async def _read_pss(self, server: ForkServerClient) -> None:
+    async def _read_pss(self, server: ForkServerClient, then: Callable[[], None] | None = None) -> None:
         try:
             pss = await asyncio.to_thread(server.pss)
             if self._pss is not None and self._pss[0] == server.pid:
                 self._pss = (server.pid, time.monotonic(), pss)
         finally:
             self._reading = None
+        if then is not None:
+            then()
+
+    def on_shift(self, notify: Callable[[], None]) -> None:
+        self._notify = notify
+
+    def spare_state(self) -> str | None:
+        server = self._live()
+        if server is None or server.spare is None:
+            return None
+        return "warm" if server.spare_warm else "warming"
+
+    def _spare_warmed(self, server: ForkServerClient) -> None:
+        """The spare has taken its copy-on-write faults: its PSS (ours) is read anew, then the
+        runtimes are measured again (the pages it copied are shared by one process fewer)."""
+        if self._closed or self._reading is not None or self._server is not server:
+            if self._notify is not None and not self._closed:
+                self._notify()
+            return
+        self._reading = asyncio.create_task(self._read_pss(server, then=self._notify))
 
     async def close(self) -> None:
         self._closed = True
