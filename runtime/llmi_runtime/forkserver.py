@@ -290,7 +290,7 @@ class ForkServer:
         spare = self.spare
         if spare is None or sock is not spare.sock:
             return
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):  # a garbled message counts as none
             data = sock.recv(MAX_MESSAGE)
             if data and json.loads(data).get("op") == "warm":
                 send(self.sock, {"op": "spare-warm", "pid": spare.pid})
