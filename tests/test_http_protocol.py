@@ -128,23 +128,23 @@ async def test_through_uvicorn_answers_are_whole_and_stream_headers_come_first()
 
 
 @aio
-async def test_a_tcp_connection_to_a_socket_bound_as_the_runtime_binds_it_sends_small_writes_at_once() -> None:
-    """uvicorn's ``bind_socket`` (what ``llmi runtime`` listens on) names no protocol, so
-    asyncio leaves Nagle's algorithm on; the protocol turns it off, or a stream's first token
-    waits for the client's delayed ACK."""
+async def test_a_tcp_connection_to_a_socket_bound_without_naming_its_protocol_sends_small_writes_at_once() -> None:
+    """A listening socket made without ``IPPROTO_TCP`` named (uvicorn's ``bind_socket`` made it so
+    before 0.55, as does a socket handed over by file descriptor) leaves asyncio's Nagle
+    switch alone; the protocol turns it off, or a stream's first token waits for the client's
+    delayed ACK."""
 
     async def ok(request: Request) -> Response:
         return JSONResponse({})
 
     config = uvicorn.Config(
         Starlette(routes=[Route("/", ok)]),
-        host="127.0.0.1",
-        port=0,
         http=OneWriteHttpToolsProtocol,
         log_level="warning",
         lifespan="off",
     )
-    sock = config.bind_socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
     assert sock.proto == 0, "the premise: a socket asyncio would leave alone"
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

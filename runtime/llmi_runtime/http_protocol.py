@@ -8,8 +8,9 @@ Continue`` and anything else are written as they come. A held head is flushed be
 connection closes and when the response completes without a body write (HEAD, 204).
 
 It also turns Nagle's algorithm off on TCP connections. asyncio does so only for sockets made
-with ``IPPROTO_TCP`` named, and uvicorn's ``bind_socket`` names none: a stream's second small
-write then waited for the client's delayed ACK, and its first token came 40 ms late.
+with ``IPPROTO_TCP`` named, and uvicorn's ``bind_socket`` named none before 0.55 (a socket
+handed over by file descriptor still may not): a stream's second small write then waited for
+the client's delayed ACK, and its first token came 40 ms late.
 """
 
 from __future__ import annotations
