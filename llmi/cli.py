@@ -10,6 +10,7 @@ import logging
 import re
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ COMPONENTS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; for a `runtime` command line only its own subcommand, since a runtime's
+    start is part of every model switch and the other subcommands' parsers cost it milliseconds."""
     parser = argparse.ArgumentParser(prog="llmi", description="Local LLM Interface")
     parser.add_argument("--version", action="version", version=f"llmi {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     from llmi.runtime_args import add_runtime_arguments
 
     add_runtime_arguments(runtime)
+    if argv and argv[0] == "runtime":
+        return parser
     add_models_arguments(sub.add_parser("models", help="list the model folders llmi can serve"))
     add_pull_arguments(sub.add_parser("pull", help="download a model from the Hugging Face Hub"))
     ps = sub.add_parser("ps", help="what the running server has loaded (like `ollama ps`)")
@@ -138,7 +143,8 @@ def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     settings = Settings()
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -176,7 +182,7 @@ def model_rows(args: argparse.Namespace, settings: Settings) -> tuple[list[dict[
     """
     from llmi.catalog import measured
     from llmi.catalog.scan import scan
-    from llmi.hardware import forks_runtimes, hf_cache_dir, machine_budget
+    from llmi.hardware import forks_runtimes, hf_cache_dir, keeps_spare, machine_budget
     from llmi.planner import Placement, placement
 
     settings, budget = machine_budget(settings, args.gpu_memory_gb)
@@ -188,6 +194,7 @@ def model_rows(args: argparse.Namespace, settings: Settings) -> tuple[list[dict[
         max_model_len=settings.vllm_max_model_len,
         device=budget.device,
         forked=forks_runtimes(settings),
+        spare=keeps_spare(settings),
     )
     store = measured.load(measured.store_path(settings))
     rows: list[dict[str, Any]] = []

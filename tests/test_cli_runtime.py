@@ -81,3 +81,16 @@ def test_uds_serves_on_the_socket_as_well_as_the_port(tiny_models: dict[str, Pat
         assert oct(socket_path.stat().st_mode & 0o777) == "0o600"  # only this user's processes connect
     finally:
         rt.stop()
+
+
+def test_a_runtime_command_line_parses_alike_with_the_runtime_parser_alone(tmp_path: Path) -> None:
+    """A runtime's start builds only its own subcommand's parser: the same namespace as the
+    whole CLI's, and the other subcommands are not known to it."""
+    from llmi.cli import build_parser
+
+    argv = ["runtime", "--model", str(tmp_path), "--port", "9", "--name", "m", "--placement", "cpu"]
+    whole = build_parser()
+    alone = build_parser(argv)
+    assert vars(alone.parse_args(argv)) == vars(whole.parse_args(argv))
+    assert "serve" in whole._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(alone._subparsers._group_actions[0].choices) == {"runtime"}  # type: ignore[union-attr]

@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """glibc by its soname; ``find_library`` only where that fails (it runs ``ldconfig -p`` in a
+    subprocess: 2 ms here, more from a forked runtime whose pages the fork copies). Cached: the fork
+    server looks it up once and every runtime it forks inherits the handle."""
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def die_with_parent(expected_parent: int | None, sig: int = signal.SIGKILL) -> None:
@@ -25,8 +37,7 @@ def die_with_parent(expected_parent: int | None, sig: int = signal.SIGKILL) -> N
     if expected_parent is None:
         return
     if sys.platform == "linux":
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        if _libc().prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != expected_parent:
         # Reparented before the call took effect: the parent is gone, and so must we be.

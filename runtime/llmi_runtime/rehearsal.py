@@ -35,7 +35,8 @@ def start_up() -> None:
         from llmi.settings import Settings
         from llmi_runtime.http_protocol import OneWriteHttpToolsProtocol
 
-        build_parser().parse_args(["runtime", "--model", os.devnull, "--port", "0"])
+        argv = ["runtime", "--model", os.devnull, "--port", "0"]
+        build_parser(argv).parse_args(argv)
         Settings()
         uvicorn.Config(None, loop="asyncio", ws="none", http=OneWriteHttpToolsProtocol, port=0, log_level="error")  # type: ignore[arg-type]
         import torch
