@@ -198,6 +198,10 @@ def user_env(**extra: str) -> dict[str, str]:
 
 def serve_env(before: Path | None) -> dict[str, str]:
     env = user_env(LLM_LOG_LEVEL="WARNING", LLM_AUTO_UNLOAD_MODELS="false")
+    # llmi's own default (the tests turn the spare off), unless this bench's environment sets it.
+    env.pop("LLM_SPARE_RUNTIME", None)
+    if "LLM_SPARE_RUNTIME" in os.environ:
+        env["LLM_SPARE_RUNTIME"] = os.environ["LLM_SPARE_RUNTIME"]
     if before is not None:
         env["PYTHONPATH"] = os.pathsep.join(str(before / p) for p in ("", "runtime", "router", "operator"))
         env["PYTHONSAFEPATH"] = "1"  # `python -m` must not put this checkout's folder first
@@ -235,9 +239,19 @@ def switches(
             for name in (pair[1], pair[0]):
                 measured = {"switch_s": request(client, serve.url, name, image)}
                 if baselines is not None:
+                    spare_settled(client, serve.url)  # a spare warming up beside a baseline slows it
                     measured.update(baselines(name))
                 rounds[name].append(measured)
     return rounds
+
+
+def spare_settled(client: httpx.Client, url: str, limit_s: float = 60.0) -> None:
+    """Wait while llmi's spare runtime (if any) warms up: its CPU must not land on the baselines."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if client.get(f"{url}/v1/health").json().get("spare_runtime") != "warming":
+            return
+        time.sleep(0.05)
 
 
 def loads_from_metrics(url: str) -> int:
@@ -405,10 +419,7 @@ def memory_part(work: Path, folders: dict[str, Path], args: argparse.Namespace, 
                 request(client, serve.url, name, image)
                 # A spare forked after this load copies pages it shares with the runtime as it warms
                 # up, and the runtime is measured again then: wait for that first.
-                for _ in range(600):
-                    if client.get(f"{serve.url}/v1/health").json().get("spare_runtime") != "warming":
-                        break
-                    time.sleep(0.1)
+                spare_settled(client, serve.url)
                 # Measured once loaded and again after the first answer: wait until the figure settles.
                 seen: list[int | None] = []
                 for _ in range(100):

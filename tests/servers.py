@@ -38,6 +38,8 @@ def runtime_env(**extra: str) -> dict[str, str]:
         TOKENIZERS_PARALLELISM="false",
         OMP_NUM_THREADS="1",
         LLM_LOG_LEVEL="INFO",
+        # No spare runtime warming up beside each test's server (two cores); its tests ask for one.
+        LLM_SPARE_RUNTIME="false",
     )
     env.update(extra)
     return env

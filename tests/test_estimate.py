@@ -20,6 +20,7 @@ from llmi.catalog.estimate import (
     FORKED_BASELINE_BYTES,
     PROCESS_BASELINE_BYTES,
     RUNTIME_OVERHEAD_BYTES,
+    SPARE_BASELINE_BYTES,
     estimate,
     kv_cache_bytes,
     safetensors_bytes,
@@ -295,3 +296,17 @@ def test_a_forked_runtime_counts_the_shared_baseline_and_no_library_overhead(tmp
     # On a GPU the budget counts each process's CUDA context, forked or not.
     on_gpu = estimate(folder, ModelType.EMBEDDING, 4096, "cuda")
     assert estimate(folder, ModelType.EMBEDDING, 4096, "cuda", forked=True) == on_gpu
+
+
+def test_a_runtime_beside_a_spare_counts_a_third_of_the_shared_pages(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", [256, 256])})
+    forked = estimate(folder, ModelType.CHAT, 4096, "cpu", forked=True)
+    beside = estimate(folder, ModelType.CHAT, 4096, "cpu", forked=True, spare=True)
+    assert beside.baseline_bytes == SPARE_BASELINE_BYTES < forked.baseline_bytes
+    assert forked.total_bytes - beside.total_bytes == FORKED_BASELINE_BYTES - SPARE_BASELINE_BYTES
+    # A spare means nothing without the fork server, nor on a GPU (the context is per process).
+    assert estimate(folder, ModelType.CHAT, 4096, "cpu", spare=True) == estimate(folder, ModelType.CHAT, 4096, "cpu")
+    on_gpu = estimate(folder, ModelType.CHAT, 4096, "cuda")
+    assert estimate(folder, ModelType.CHAT, 4096, "cuda", forked=True, spare=True) == on_gpu

@@ -23,7 +23,9 @@ GPU memory) and is ``baseline + weights + overhead + kv_cache``:
   every tiny type on 2026-12-01 (`bench/switch_bench.py --memory-only`), sentence-transformers
   included, since the fork server imported it: ``FORKED_BASELINE_BYTES`` (205 MiB), with no
   per-type library overhead; the fork server's own memory is counted once, apart
-  (``Launcher.reserved_bytes``). ``tests/test_memory_truth.py`` and
+  (``Launcher.reserved_bytes``). With a spare runtime kept (``spare=True``) the pages are split
+  three ways: 151-160 MiB on 2026-12-02, ``SPARE_BASELINE_BYTES`` (155 MiB); a runtime reads up
+  to the forked figure while the spare that replaces the one it took is being forked. ``tests/test_memory_truth.py`` and
   ``tests/test_warm_launcher.py`` compare every type. GPU: the CUDA context, not yet calibrated
   on a GPU (300-600 MiB for torch 2.x with lazy module loading).
 - ``weights``: tensor bytes from the headers (only the shards a ``*.safetensors.index.json``
@@ -105,6 +107,8 @@ PROCESS_BASELINE_BYTES: dict[DeviceKind, int] = {
 }
 # A runtime forked from the fork server, which imported the libraries: PSS 207-212 MiB (tiny models).
 FORKED_BASELINE_BYTES = 205 * MIB
+# The same beside a spare runtime, a third process that maps those pages: PSS 151-160 MiB (tiny models).
+SPARE_BASELINE_BYTES = 155 * MIB
 RUNTIME_OVERHEAD_BYTES: dict[DeviceKind, dict[ModelType, int]] = {
     "cpu": {
         ModelType.CHAT: 0,
@@ -323,10 +327,17 @@ def kv_cache_bytes(config: dict[str, Any], max_model_len: int) -> int | None:
 
 
 def estimate(
-    folder: Path, model_type: ModelType, max_model_len: int, device: DeviceKind = "cuda", *, forked: bool = False
+    folder: Path,
+    model_type: ModelType,
+    max_model_len: int,
+    device: DeviceKind = "cuda",
+    *,
+    forked: bool = False,
+    spare: bool = False,
 ) -> Estimate:
     """The memory ``folder`` needs once loaded as ``model_type`` on ``device``, by a runtime
-    forked from a pre-imported launcher when ``forked``; raises NotAModel when unreadable."""
+    forked from a pre-imported launcher when ``forked`` (that keeps a spare runtime when
+    ``spare``); raises NotAModel when unreadable."""
     config_path = folder / "config.json"
     config = read_json(config_path) if config_path.is_file() else {}
     _, per_dtype = safetensors_bytes(folder)
@@ -339,5 +350,7 @@ def estimate(
         reserved_len = min(max_model_len, CPU_KV_RESERVE_TOKENS) if device == "cpu" else max_model_len
         exact = kv_cache_bytes(config, reserved_len)
         kv = exact if exact is not None else math.ceil(weights * KV_FALLBACK_FRACTION)
-    baseline = FORKED_BASELINE_BYTES if forked and device == "cpu" else PROCESS_BASELINE_BYTES[device]
+    baseline = PROCESS_BASELINE_BYTES[device]
+    if forked and device == "cpu":
+        baseline = SPARE_BASELINE_BYTES if spare else FORKED_BASELINE_BYTES
     return Estimate(weights, overhead, kv, baseline + weights + overhead + kv, baseline, device)

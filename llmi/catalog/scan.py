@@ -124,10 +124,16 @@ def _pinned(overrides: dict[str, Any]) -> bool:
 
 
 def describe(
-    folder: Path, name: str, max_model_len: int, device: DeviceKind = "cuda", *, forked: bool = False
+    folder: Path,
+    name: str,
+    max_model_len: int,
+    device: DeviceKind = "cuda",
+    *,
+    forked: bool = False,
+    spare: bool = False,
 ) -> ModelEntry:
-    """The entry for one model folder, estimated for ``device`` (and a forked runtime when
-    ``forked``); raises NotAModel (or ValueError) with the reason."""
+    """The entry for one model folder, estimated for ``device`` (and a forked runtime, beside a
+    spare when ``spare``, when ``forked``); raises NotAModel (or ValueError) with the reason."""
     overrides = read_overrides(folder)
     model_type = detect_type(folder)
     if "type" not in overrides and model_type is ModelType.CHAT:
@@ -144,7 +150,7 @@ def describe(
     place = cast(PlacementOverride, _choice(overrides, "placement", PLACEMENTS))
     pinned = _pinned(overrides)
     idle = parse_duration(overrides["idle_timeout"]) if overrides.get("idle_timeout") is not None else None
-    est = estimate(folder, model_type, max_model_len, device, forked=forked)
+    est = estimate(folder, model_type, max_model_len, device, forked=forked, spare=spare)
     override = parse_size(overrides["memory"]) if overrides.get("memory") is not None else None
     memory = est.total_bytes if override is None else override
     weights = fingerprint(folder)
@@ -214,11 +220,13 @@ def scan(
     max_model_len: int,
     device: DeviceKind = "cuda",
     forked: bool = False,
+    spare: bool = False,
 ) -> Catalog:
     """Every usable model under models_dir (then hf_cache), and every folder that is not, with why.
 
     ``device`` is the budget's kind (``Budget.device``): memory estimates are made for it, and for
-    runtimes forked from a pre-imported launcher when ``forked`` (``hardware.forks_runtimes``).
+    runtimes forked from a pre-imported launcher when ``forked`` (``hardware.forks_runtimes``),
+    beside a spare runtime when ``spare`` (``hardware.keeps_spare``).
     """
     found = candidates(models_dir)
     problems = [Problem(d, "not a directory", "") for d in (models_dir, hf_cache) if d and not d.is_dir()]
@@ -229,7 +237,7 @@ def scan(
     entries: dict[str, ModelEntry] = {}
     for name, folder in found:
         try:
-            entry = describe(folder, name, max_model_len, device, forked=forked)
+            entry = describe(folder, name, max_model_len, device, forked=forked, spare=spare)
         except (NotAModel, ValueError, OSError, RecursionError) as exc:
             problems.append(Problem(folder, str(exc) or type(exc).__name__, name))
             continue
