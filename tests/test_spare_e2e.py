@@ -73,7 +73,6 @@ def test_a_switch_is_handed_to_the_warm_spare_and_the_next_spare_is_forked(
             spare = warm_spare(serve, client)
             embed(client, serve, PAIR[1])  # a switch: the first model makes room
             assert serve.runtime_pids(PAIR[1]) == [spare], "the spare itself now serves the model"
-            assert serve.runtime_pids(PAIR[0]) == []
             assert warm_spare(serve, client) != spare, "a new spare was forked and warmed up"
             models_now = {m["id"]: m for m in client.get(f"{serve.url}/v1/models").json()["data"]}
             assert models_now[PAIR[1]]["state"] == "ready"
