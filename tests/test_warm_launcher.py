@@ -20,7 +20,7 @@ from llmi_router.embedded import warm
 from llmi_router.embedded.forkclient import pss_bytes
 from llmi_router.embedded.launch import RuntimeSpec
 from llmi_router.embedded.process import RuntimeHandle, StartFailed
-from llmi_router.embedded.warm import WarmLauncher
+from llmi_router.embedded.warm import BACKGROUND_NICE, WarmLauncher
 from tests.serve_process import model_folder, start_serve
 from tests.servers import runtime_env, wait_gone
 from tests.tiny_models import TINY_TYPES
@@ -90,6 +90,14 @@ async def test_two_forked_models_both_answer(launcher: WarmLauncher, tiny_models
         await chat.stop()
 
 
+def autogroup_nice(pid: int) -> int | None:
+    """The nice value of the process's autogroup (its session), where the kernel has them."""
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @aio
 async def test_a_start_is_handed_to_the_spare_forked_ahead_and_a_new_spare_follows(
     tiny_models: dict[str, Path],
@@ -113,6 +121,10 @@ async def test_a_start_is_handed_to_the_spare_forked_ahead_and_a_new_spare_follo
         assert "--name tiny-bert-embed" in title(embed.pid)  # a runtime like any other now
         assert os.getpgid(embed.pid) == embed.pid  # in a session of its own, out of the server's
         assert server.pss() > 0
+        if autogroup_nice(server.pid) is not None:  # the kernel weighs sessions (autogroups)
+            # The spares warm up in the server's session, in the background; a runtime runs at the default.
+            assert autogroup_nice(server.pid) == BACKGROUND_NICE
+            assert autogroup_nice(embed.pid) == 0
     finally:
         await embed.stop()
         await launcher.close()

@@ -95,6 +95,8 @@ class WarmLauncher(RuntimeClient):
                 await server.close(grace_s=2)
             raise
         log.info("warm runtimes: fork server %d ready", pid)
+        if self._spare:  # a start is a hand-off to the spare; the spares' warm-ups yield to the runtimes
+            server.set_priority(BACKGROUND_NICE)
         self._failures = 0
         self._server = server
         server.on_spare_warm = lambda: self._spare_warmed(server)
