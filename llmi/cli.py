@@ -182,7 +182,7 @@ def model_rows(args: argparse.Namespace, settings: Settings) -> tuple[list[dict[
     """
     from llmi.catalog import measured
     from llmi.catalog.scan import scan
-    from llmi.hardware import forks_runtimes, hf_cache_dir, keeps_spare, machine_budget
+    from llmi.hardware import hf_cache_dir, launch, machine_budget
     from llmi.planner import Placement, placement
 
     settings, budget = machine_budget(settings, args.gpu_memory_gb)
@@ -193,8 +193,7 @@ def model_rows(args: argparse.Namespace, settings: Settings) -> tuple[list[dict[
         hf_cache=hf_cache,
         max_model_len=settings.vllm_max_model_len,
         device=budget.device,
-        forked=forks_runtimes(settings),
-        spare=keeps_spare(settings),
+        launch=launch(settings),
     )
     store = measured.load(measured.store_path(settings))
     rows: list[dict[str, Any]] = []

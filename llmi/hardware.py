@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from llmi.catalog.estimate import Launch
     from llmi.planner import Budget
     from llmi.settings import Settings
 
@@ -71,9 +72,11 @@ def forks_runtimes(settings: Settings) -> bool:
     return settings.warm_runtimes and hasattr(os, "pidfd_open")
 
 
-def keeps_spare(settings: Settings) -> bool:
-    """Whether the fork server keeps a spare runtime, which lowers each runtime's share of memory."""
-    return forks_runtimes(settings) and settings.spare_runtime
+def launch(settings: Settings) -> Launch:
+    """How `llmi serve` starts runtimes, which decides each one's share of the libraries' memory."""
+    if not forks_runtimes(settings):
+        return "cold"
+    return "spare" if settings.spare_runtime else "forked"
 
 
 def hf_cache_dir(arg: str | None) -> Path | None:

@@ -288,25 +288,24 @@ def test_a_forked_runtime_counts_the_shared_baseline_and_no_library_overhead(tmp
     folder.mkdir()
     write_safetensors(folder / "model.safetensors", {"w": ("F32", [256, 256])})
     cold = estimate(folder, ModelType.EMBEDDING, 4096, "cpu")
-    forked = estimate(folder, ModelType.EMBEDDING, 4096, "cpu", forked=True)
+    forked = estimate(folder, ModelType.EMBEDDING, 4096, "cpu", launch="forked")
     assert cold.baseline_bytes == PROCESS_BASELINE_BYTES["cpu"]
     assert forked.baseline_bytes == FORKED_BASELINE_BYTES < cold.baseline_bytes
     assert forked.weights_bytes == cold.weights_bytes
     assert cold.overhead_bytes - forked.overhead_bytes == RUNTIME_OVERHEAD_BYTES["cpu"][ModelType.EMBEDDING]
     # On a GPU the budget counts each process's CUDA context, forked or not.
     on_gpu = estimate(folder, ModelType.EMBEDDING, 4096, "cuda")
-    assert estimate(folder, ModelType.EMBEDDING, 4096, "cuda", forked=True) == on_gpu
+    assert estimate(folder, ModelType.EMBEDDING, 4096, "cuda", launch="forked") == on_gpu
 
 
 def test_a_runtime_beside_a_spare_counts_a_third_of_the_shared_pages(tmp_path: Path) -> None:
     folder = tmp_path / "m"
     folder.mkdir()
     write_safetensors(folder / "model.safetensors", {"w": ("F32", [256, 256])})
-    forked = estimate(folder, ModelType.CHAT, 4096, "cpu", forked=True)
-    beside = estimate(folder, ModelType.CHAT, 4096, "cpu", forked=True, spare=True)
+    forked = estimate(folder, ModelType.CHAT, 4096, "cpu", launch="forked")
+    beside = estimate(folder, ModelType.CHAT, 4096, "cpu", launch="spare")
     assert beside.baseline_bytes == SPARE_BASELINE_BYTES < forked.baseline_bytes
     assert forked.total_bytes - beside.total_bytes == FORKED_BASELINE_BYTES - SPARE_BASELINE_BYTES
-    # A spare means nothing without the fork server, nor on a GPU (the context is per process).
-    assert estimate(folder, ModelType.CHAT, 4096, "cpu", spare=True) == estimate(folder, ModelType.CHAT, 4096, "cpu")
+    # On a GPU the context is per process, spare or not.
     on_gpu = estimate(folder, ModelType.CHAT, 4096, "cuda")
-    assert estimate(folder, ModelType.CHAT, 4096, "cuda", forked=True, spare=True) == on_gpu
+    assert estimate(folder, ModelType.CHAT, 4096, "cuda", launch="spare") == on_gpu

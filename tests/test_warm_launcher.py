@@ -305,7 +305,9 @@ async def test_a_forked_runtimes_estimate_is_near_its_pss(
         await launcher.wait_ready(handle, 120)
         measured = await launcher.measure(handle)
         pss = pss_bytes(handle.pid)
-        catalog = scan(tiny_models[name].parent, max_model_len=Settings().vllm_max_model_len, device="cpu", forked=True)
+        catalog = scan(
+            tiny_models[name].parent, max_model_len=Settings().vllm_max_model_len, device="cpu", launch="forked"
+        )
         entry = catalog.get(name)
         assert entry is not None
         assert measured is not None

@@ -19,15 +19,16 @@ GPU memory) and is ``baseline + weights + overhead + kv_cache``:
   side by side read 299-305 MiB). The constant, 345 MiB, is about the geometric mean of the lone
   figure (398) and that floor (292), so the estimate is within 25% of either (-13%, +18%). A
   pre-imported launcher whose children share its anonymous pages too lowers the PSS further:
-  a runtime forked from the warm launcher's fork server (``forked=True``) read 207-212 MiB for
+  a runtime forked from the warm launcher's fork server (``launch="forked"``) read 207-212 MiB for
   every tiny type on 2026-12-01 (`bench/switch_bench.py --memory-only`), sentence-transformers
   included, since the fork server imported it: ``FORKED_BASELINE_BYTES`` (205 MiB), with no
   per-type library overhead; the fork server's own memory is counted once, apart
-  (``Launcher.reserved_bytes``). With a spare runtime kept (``spare=True``) the pages are split
+  (``Launcher.reserved_bytes``). Beside a spare runtime (``launch="spare"``) the pages are split
   three ways: 151-160 MiB on 2026-12-02, ``SPARE_BASELINE_BYTES`` (155 MiB); a runtime reads up
-  to the forked figure while the spare that replaces the one it took is being forked. ``tests/test_memory_truth.py`` and
-  ``tests/test_warm_launcher.py`` compare every type. GPU: the CUDA context, not yet calibrated
-  on a GPU (300-600 MiB for torch 2.x with lazy module loading).
+  to the forked figure while the spare that replaces the one it took is being forked.
+  ``tests/test_memory_truth.py`` and ``tests/test_warm_launcher.py`` compare every type. GPU:
+  the CUDA context, not yet calibrated on a GPU (300-600 MiB for torch 2.x with lazy module
+  loading).
 - ``weights``: tensor bytes from the headers (only the shards a ``*.safetensors.index.json``
   names, so a stray ``consolidated.safetensors`` is not counted twice). On CPU, 16-bit floating
   tensors count at float32: the CPU runtime loads float32 (``LoadOptions.torch_dtype``), so a
@@ -62,7 +63,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from llmi.catalog.classify import NotAModel, read_json
 from llmi.modeltypes import ModelType
@@ -109,6 +110,10 @@ PROCESS_BASELINE_BYTES: dict[DeviceKind, int] = {
 FORKED_BASELINE_BYTES = 205 * MIB
 # The same beside a spare runtime, a third process that maps those pages: PSS 151-160 MiB (tiny models).
 SPARE_BASELINE_BYTES = 155 * MIB
+# How a runtime is started, which decides its share of the libraries' pages on a CPU:
+# a fresh interpreter, forked from the fork server, or forked beside a spare (``hardware.launch``).
+Launch = Literal["cold", "forked", "spare"]
+FORKED_BASELINES: dict[Launch, int] = {"forked": FORKED_BASELINE_BYTES, "spare": SPARE_BASELINE_BYTES}
 RUNTIME_OVERHEAD_BYTES: dict[DeviceKind, dict[ModelType, int]] = {
     "cpu": {
         ModelType.CHAT: 0,
@@ -332,25 +337,22 @@ def estimate(
     max_model_len: int,
     device: DeviceKind = "cuda",
     *,
-    forked: bool = False,
-    spare: bool = False,
+    launch: Launch = "cold",
 ) -> Estimate:
-    """The memory ``folder`` needs once loaded as ``model_type`` on ``device``, by a runtime
-    forked from a pre-imported launcher when ``forked`` (that keeps a spare runtime when
-    ``spare``); raises NotAModel when unreadable."""
+    """The memory ``folder`` needs once loaded as ``model_type`` on ``device`` by a runtime
+    started as ``launch``; raises NotAModel when unreadable."""
     config_path = folder / "config.json"
     config = read_json(config_path) if config_path.is_file() else {}
     _, per_dtype = safetensors_bytes(folder)
     weights = loaded_weight_bytes(per_dtype, config, device)
     # A forked runtime shares the libraries' pages with its launcher: no per-type library overhead.
-    libraries = 0 if forked and device == "cpu" else RUNTIME_OVERHEAD_BYTES[device][model_type]
+    forked = FORKED_BASELINES.get(launch) if device == "cpu" else None
+    libraries = 0 if forked is not None else RUNTIME_OVERHEAD_BYTES[device][model_type]
     overhead = libraries + math.ceil(weights * ACTIVATION_FRACTION)
     kv = 0
     if model_type is ModelType.CHAT:
         reserved_len = min(max_model_len, CPU_KV_RESERVE_TOKENS) if device == "cpu" else max_model_len
         exact = kv_cache_bytes(config, reserved_len)
         kv = exact if exact is not None else math.ceil(weights * KV_FALLBACK_FRACTION)
-    baseline = PROCESS_BASELINE_BYTES[device]
-    if forked and device == "cpu":
-        baseline = SPARE_BASELINE_BYTES if spare else FORKED_BASELINE_BYTES
+    baseline = PROCESS_BASELINE_BYTES[device] if forked is None else forked
     return Estimate(weights, overhead, kv, baseline + weights + overhead + kv, baseline, device)

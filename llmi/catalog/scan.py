@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from llmi.catalog.classify import NotAModel, detect_type, read_overrides
-from llmi.catalog.estimate import Estimate, estimate
+from llmi.catalog.estimate import Estimate, Launch, estimate
 from llmi.catalog.measured import fingerprint
 from llmi.modeltypes import ModelType
 from llmi.names import MAX_NAME_CHARS, NAME_RE, valid_name
@@ -129,11 +129,10 @@ def describe(
     max_model_len: int,
     device: DeviceKind = "cuda",
     *,
-    forked: bool = False,
-    spare: bool = False,
+    launch: Launch = "cold",
 ) -> ModelEntry:
-    """The entry for one model folder, estimated for ``device`` (and a forked runtime, beside a
-    spare when ``spare``, when ``forked``); raises NotAModel (or ValueError) with the reason."""
+    """The entry for one model folder, estimated for ``device`` and a runtime started as
+    ``launch``; raises NotAModel (or ValueError) with the reason."""
     overrides = read_overrides(folder)
     model_type = detect_type(folder)
     if "type" not in overrides and model_type is ModelType.CHAT:
@@ -150,7 +149,7 @@ def describe(
     place = cast(PlacementOverride, _choice(overrides, "placement", PLACEMENTS))
     pinned = _pinned(overrides)
     idle = parse_duration(overrides["idle_timeout"]) if overrides.get("idle_timeout") is not None else None
-    est = estimate(folder, model_type, max_model_len, device, forked=forked, spare=spare)
+    est = estimate(folder, model_type, max_model_len, device, launch=launch)
     override = parse_size(overrides["memory"]) if overrides.get("memory") is not None else None
     memory = est.total_bytes if override is None else override
     weights = fingerprint(folder)
@@ -219,14 +218,13 @@ def scan(
     hf_cache: Path | None = None,
     max_model_len: int,
     device: DeviceKind = "cuda",
-    forked: bool = False,
-    spare: bool = False,
+    launch: Launch = "cold",
 ) -> Catalog:
     """Every usable model under models_dir (then hf_cache), and every folder that is not, with why.
 
     ``device`` is the budget's kind (``Budget.device``): memory estimates are made for it, and for
-    runtimes forked from a pre-imported launcher when ``forked`` (``hardware.forks_runtimes``),
-    beside a spare runtime when ``spare`` (``hardware.keeps_spare``).
+    runtimes started as ``launch`` (``hardware.launch``: cold, forked from a pre-imported
+    launcher, or forked beside a spare runtime).
     """
     found = candidates(models_dir)
     problems = [Problem(d, "not a directory", "") for d in (models_dir, hf_cache) if d and not d.is_dir()]
@@ -237,7 +235,7 @@ def scan(
     entries: dict[str, ModelEntry] = {}
     for name, folder in found:
         try:
-            entry = describe(folder, name, max_model_len, device, forked=forked, spare=spare)
+            entry = describe(folder, name, max_model_len, device, launch=launch)
         except (NotAModel, ValueError, OSError, RecursionError) as exc:
             problems.append(Problem(folder, str(exc) or type(exc).__name__, name))
             continue

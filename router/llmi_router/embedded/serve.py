@@ -28,8 +28,7 @@ def _scan(models_dir: Path, hf_cache: Path | None, settings: Settings, budget: B
         hf_cache=hf_cache,
         max_model_len=settings.vllm_max_model_len,
         device=budget.device,
-        forked=hardware.forks_runtimes(settings),
-        spare=hardware.keeps_spare(settings),
+        launch=hardware.launch(settings),
     )
 
 
