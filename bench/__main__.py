@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -84,6 +85,17 @@ def run_bench(name: str, argv: list[str], timeout_s: float, json_file: Path | No
     return entry
 
 
+def ensure_wrk() -> None:
+    """The router bench's client, from Debian where it is missing and this user may install."""
+    if shutil.which("wrk") is None and shutil.which("apt-get") is not None and os.geteuid() == 0:
+        print("bench all: installing wrk (apt-get)", file=sys.stderr, flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-qq", "wrk"]
+        if subprocess.run(install, env=env, capture_output=True, check=False).returncode:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, check=False)
+            subprocess.run(install, env=env, capture_output=True, check=False)
+
+
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"quick": args.quick, "conditions": conditions()}
     models, missing = ensure_real_models(args.cache / "models")
@@ -92,6 +104,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     results["peers"], results["peers_missing"] = versions, peers_missing
 
     benches: dict[str, Any] = {}
+    ensure_wrk()
     router = ["bench.router_bench", "--json"] + (["--quick"] if args.quick else [])
     if "litellm" in peers:
         router += ["--litellm", str(peers["litellm"])]

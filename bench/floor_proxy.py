@@ -47,7 +47,12 @@ class FloorProxy:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
-        upstream = self.upstreams[json.loads(body)["model"]]
+        try:
+            upstream = self.upstreams[json.loads(body)["model"]]
+        except (ValueError, KeyError, TypeError):  # the readiness probe's bodiless GET, above all
+            await send({"type": "http.response.start", "status": 400, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
         assert self.session is not None
         async with self.session.post(
             upstream + scope["path"], data=body, headers={"content-type": "application/json"}

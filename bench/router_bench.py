@@ -1,9 +1,9 @@
 """Benchmark the `llmi serve` router against calling `llmi runtime` directly, on tiny CPU models.
 
-Run from the repository root:
+Run from the repository root (wrk must be installed: ``apt-get install wrk``):
 
-    python -m bench.router_bench [--quick] [--model-dir DIR] [--requests N] [--concurrency C]
-                                 [--rounds R] [--streams S] [--threads T] [--litellm PATH] [--json]
+    python -m bench.router_bench [--quick] [--model-dir DIR] [--seconds S] [--concurrency C]
+                                 [--rounds R] [--streams N] [--threads T] [--litellm PATH] [--json]
 
 One `llmi serve` on a folder with tiny-bert-embed and tiny-llama-chat (budget large enough to
 keep both loaded), and one standalone `llmi runtime` per model started with the same
@@ -11,26 +11,21 @@ keep both loaded), and one standalone `llmi runtime` per model started with the 
 The router is warmed up first (both models loaded), so what is measured is the steady-state
 cost of the extra hop, not model loading.
 
-Figures, each for "direct" (the runtimes' own ports), "router" (the serve port) and, when a
-LiteLLM proxy is installed (``--litellm``, default /work/venvs/litellm/bin/litellm), "litellm"
-(LiteLLM's proxy in front of the same standalone runtimes):
+Figures, each for "direct" (the runtimes' own ports), "router" (the serve port), "floor"
+(``bench.floor_proxy``: uvicorn and aiohttp with no logic) and, when a LiteLLM proxy is
+installed (``--litellm``), "litellm" (LiteLLM's proxy in front of the same standalone runtimes):
 
-1. sequential latency (concurrency 1), p50 and p99, of small requests: /v1/embeddings of one
-   short string, and non-streamed /v1/chat/completions with max_tokens 1, and req/s;
-2. the same two requests with C concurrent clients (default 16): req/s and p50/p99;
-3. streamed chat, exactly 32 greedy tokens (eos suppressed): time to first content delta
-   and total time, p50;
-4. CPU time of the proxy process (router or LiteLLM) per request, from /proc, over the timed
-   embeddings and 1-token chats it relayed; streamed chats apart, per stream (each relays
-   dozens of events, and counting them as one request each hid the per-request cost).
+1. concurrency 1, then C (default 16) keep-alive connections, of small requests:
+   /v1/embeddings of one short string and non-streamed /v1/chat/completions with max_tokens 1,
+   driven by wrk for S seconds a batch: p50, p99 and req/s;
+2. streamed chat, exactly 32 greedy tokens (eos suppressed), through httpx: time to first
+   content delta and total time, p50;
+3. CPU time of the proxy process per request (Linux's per-process CPU clock), per
+   (request, concurrency) cell and their mean; streamed chats apart, per stream.
 
-Each proxy figure is reported next to direct: the ratio and the added milliseconds.
-``--quick`` runs a short version (well under a minute of measuring) for a noisy, shared machine.
-
-Every figure gets N requests per target (S for streams), split over R rounds; each round runs
-a batch on one target then the same batch on the other, the order alternating between rounds,
-so drift on a noisy machine hits both sides alike. One ``httpx.AsyncClient`` per target with
-keep-alive, request bodies encoded once, times from ``time.perf_counter``.
+Each proxy figure is reported next to direct: the ratio and the added milliseconds. Every batch
+runs on each target in each of R rounds, the order alternating between rounds, so drift on a
+noisy machine hits every side alike. ``--quick``: 1 s batches, 2 rounds, 6 streams.
 """
 
 from __future__ import annotations
@@ -42,7 +37,9 @@ import json
 import math
 import os
 import secrets
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,13 +78,10 @@ class Target:
     name: str
     urls: dict[str, str]
     client: httpx.AsyncClient
-    latency: dict[str, list[float]] = field(default_factory=dict)
-    busy: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # (requests, seconds) per batch
+    batches: dict[str, list[Batch]] = field(default_factory=dict)  # "embed" (C=1), "embed_c" (C=C), ...
     ttft: list[float] = field(default_factory=list)
     pid: int | None = None  # the proxy process whose CPU is counted
-    cpu_s: float = 0.0  # over the 1-string embeddings and 1-token chats
-    proxied: int = 0
-    cpu_by_concurrency: dict[int, tuple[float, int]] = field(default_factory=dict)  # (seconds, requests)
+    cpu: dict[tuple[str, int], list[tuple[float, int]]] = field(default_factory=dict)  # (seconds, requests)
     stream_cpu_s: float = 0.0  # over the streamed chats, apart: each relays dozens of events
     streamed: int = 0
     stream_total: list[float] = field(default_factory=list)
@@ -162,14 +156,53 @@ def bodies(eos: int) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- one request
 
 
-async def post(target: Target, kind: str, body: bytes) -> float:
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [==[%(body)s]==]
+wrk.headers["content-type"] = "application/json"
+wrk.headers["authorization"] = "%(auth)s"
+function done(summary, latency, requests)
+  local e = summary.errors
+  local f = 'WRK {"requests": %%d, "us": %%d, "non2xx": %%d, "errors": %%d, "p50_us": %%d, "p99_us": %%d}\\n'
+  io.write(string.format(f,
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one wrk run reports: requests answered, its duration, and its latency percentiles."""
+
+    requests: int
+    seconds: float
+    p50_s: float
+    p99_s: float
+
+
+async def wrk(target: Target, kind: str, body: bytes, seconds: float, connections: int, scripts: Path) -> Batch:
+    """``connections`` keep-alive clients sending ``body`` back to back for ``seconds``: wrk, the
+    client the issue measured with. A Python client on the same two cores costs several times the
+    proxy's CPU per request and spreads requests apart; its figures were the client's more than
+    the proxy's. Any refusal, error or non-2xx answer fails the bench."""
     model, path = PATHS[kind]
-    t0 = time.perf_counter()
-    r = await target.client.post(f"{target.urls[model]}{path}", content=body, headers=JSON_HEADERS)
-    elapsed = time.perf_counter() - t0
-    if r.status_code != 200:
-        raise RuntimeError(f"{target.name} {path}: HTTP {r.status_code}: {r.text[:500]}")
-    return elapsed
+    script = scripts / f"{kind}.lua"
+    if not script.exists():
+        script.write_text(WRK_SCRIPT % {"body": body.decode(), "auth": AUTH["authorization"]})
+    duration = f"{max(1, round(seconds))}s"
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}", "--timeout", "30s", "-s", str(script)]
+    proc = await asyncio.create_subprocess_exec(
+        *command, f"{target.urls[model]}{path}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out = (await proc.communicate())[0].decode(errors="replace")
+    line = next((x for x in out.splitlines() if x.startswith("WRK ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"{target.name} {path}: wrk failed:\n{out[-2000:]}")
+    r = json.loads(line[4:])
+    if r["non2xx"] or r["errors"] or not r["requests"]:
+        raise RuntimeError(f"{target.name} {path}: {r['non2xx']} non-2xx answers, {r['errors']} errors:\n{out[-2000:]}")
+    return Batch(r["requests"], r["us"] / 1e6, r["p50_us"] / 1e6, r["p99_us"] / 1e6)
 
 
 async def stream(target: Target, body: bytes) -> tuple[float, float, str, int]:
@@ -200,28 +233,14 @@ async def stream(target: Target, body: bytes) -> tuple[float, float, str, int]:
 # --------------------------------------------------------------------------- batches
 
 
-async def sequential(target: Target, kind: str, body: bytes, n: int) -> None:
-    lat = target.latency.setdefault(kind, [])
-    t0 = time.perf_counter()
-    for _ in range(n):
-        lat.append(await post(target, kind, body))
-    target.busy.setdefault(f"{kind}_seq", []).append((n, time.perf_counter() - t0))
-
-
-async def concurrent(target: Target, kind: str, body: bytes, n: int, clients: int) -> None:
-    """``n`` requests from ``clients`` workers, each sending its next one as soon as the last returns."""
-    left = n
-    lat = target.latency.setdefault(f"{kind}_c", [])
-
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            lat.append(await post(target, kind, body))
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(min(clients, n))))
-    target.busy.setdefault(kind, []).append((n, time.perf_counter() - t0))
+async def batch(t: Target, kind: str, body: bytes, args: argparse.Namespace, concurrency: int, scripts: Path) -> None:
+    """One timed wrk batch on ``t``, counting its proxy's CPU time."""
+    before = cpu_seconds(t.pid)
+    b = await wrk(t, kind, body, args.seconds, concurrency, scripts)
+    spent = cpu_seconds(t.pid) - before
+    key = kind if concurrency == 1 else f"{kind}_c"
+    t.batches.setdefault(key, []).append(b)
+    t.cpu.setdefault((kind, concurrency), []).append((spent, b.requests))
 
 
 async def streams(target: Target, body: bytes, n: int) -> None:
@@ -233,72 +252,64 @@ async def streams(target: Target, body: bytes, n: int) -> None:
         target.stream_tokens.add(tokens)
 
 
-async def timed(t: Target, work: Any, n: int, concurrency: int = 1, streamed: bool = False) -> None:
-    """Run one batch of ``n`` requests on ``t``, counting its proxy's CPU time."""
+async def timed_streams(t: Target, body: bytes, n: int) -> None:
     before = cpu_seconds(t.pid)
-    await work
-    spent = cpu_seconds(t.pid) - before
-    if streamed:
-        t.stream_cpu_s += spent
-        t.streamed += n
-    else:
-        t.cpu_s += spent
-        t.proxied += n
-        seconds, requests = t.cpu_by_concurrency.get(concurrency, (0.0, 0))
-        t.cpu_by_concurrency[concurrency] = (seconds + spent, requests + n)
+    await streams(t, body, n)
+    t.stream_cpu_s += cpu_seconds(t.pid) - before
+    t.streamed += n
 
 
 async def measure(
     urls: dict[str, dict[str, str]], pids: dict[str, int | None], body: dict[str, bytes], args: argparse.Namespace
 ) -> dict[str, Row]:
-    limits = httpx.Limits(max_connections=2 * args.concurrency, max_keepalive_connections=2 * args.concurrency)
     async with contextlib.AsyncExitStack() as stack:
         targets = [
-            Target(
-                name,
-                urls[name],
-                await stack.enter_async_context(httpx.AsyncClient(timeout=120, limits=limits, headers=AUTH)),
-            )
+            Target(name, urls[name], await stack.enter_async_context(httpx.AsyncClient(timeout=120, headers=AUTH)))
             for name in urls
         ]
         for t in targets:
             t.pid = pids.get(t.name)
-        # Untimed warm-up: connections opened, every code path run once on both sides.
+        scripts = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llmi-wrk-")))
+        # Untimed warm-up: connections opened, every code path run once on every side.
         for t in targets:
             for kind in PATHS:
-                await concurrent(t, kind, body[kind], 2 * args.concurrency, args.concurrency)
+                await wrk(t, kind, body[kind], 1, args.concurrency, scripts)
             await streams(t, body["stream"], 2)
-            t.latency.clear()
-            t.busy.clear()
             t.ttft.clear()
             t.stream_total.clear()
 
-        rounds = zip(split(args.requests, args.rounds), split(args.streams, args.rounds), strict=True)
-        for i, (n, s) in enumerate(rounds):
+        for i, s in enumerate(split(args.streams, args.rounds)):
             order = targets if i % 2 == 0 else targets[::-1]
-            for kind in PATHS:
-                for t in order:
-                    await timed(t, sequential(t, kind, body[kind], n), n)
-            for kind in PATHS:
-                for t in order:
-                    await timed(t, concurrent(t, kind, body[kind], n, args.concurrency), n, args.concurrency)
+            for concurrency in (1, args.concurrency):
+                for kind in PATHS:
+                    for t in order:
+                        await batch(t, kind, body[kind], args, concurrency, scripts)
             for t in order:
-                await timed(t, streams(t, body["stream"], s), s, streamed=True)
+                await timed_streams(t, body["stream"], s)
     return {t.name: summarize(t) for t in targets}
 
 
 def summarize(t: Target) -> Row:
+    """Per figure, the median over rounds of each batch's p50 and p99, and the request rate over
+    all batches. CPU per request is the mean of the four (request, concurrency) cells, each its
+    batches' CPU over their requests, so that neither kind nor concurrency outweighs the others
+    by how many requests fit in a batch."""
     row: Row = {}
-    for kind, values in t.latency.items():
-        row[f"{kind}_p50_ms"] = 1000 * percentile(values, 0.5)
-        row[f"{kind}_p99_ms"] = 1000 * percentile(values, 0.99)
-    for kind, batches in t.busy.items():
-        row[f"{kind}_c_req_s"] = sum(n for n, _ in batches) / sum(s for _, s in batches)
+    for key, batches in t.batches.items():
+        row[f"{key}_p50_ms"] = 1000 * statistics.median(b.p50_s for b in batches)
+        row[f"{key}_p99_ms"] = 1000 * statistics.median(b.p99_s for b in batches)
+        rate = sum(b.requests for b in batches) / sum(b.seconds for b in batches)
+        row[f"{key}_seq_c_req_s" if not key.endswith("_c") else f"{key}_req_s"] = rate
+    cells = {cell: 1000 * sum(s for s, _ in spent) / sum(n for _, n in spent) for cell, spent in t.cpu.items()}
+    measured = t.pid is not None and cells
+    row["cpu_ms_per_request"] = statistics.mean(cells.values()) if measured else math.nan
+    for c in sorted({c for _, c in cells}):
+        per_c = [value for (_, at), value in cells.items() if at == c]
+        row[f"cpu_ms_per_request_c{c}"] = statistics.mean(per_c) if measured else math.nan
+    for (kind, c), value in cells.items():
+        row[f"cpu_ms_per_request_{kind}_c{c}"] = value if measured else math.nan
     row["stream_ttft_p50_ms"] = 1000 * percentile(t.ttft, 0.5)
     row["stream_total_p50_ms"] = 1000 * percentile(t.stream_total, 0.5)
-    row["cpu_ms_per_request"] = 1000 * t.cpu_s / t.proxied if t.pid is not None and t.proxied else math.nan
-    for c, (seconds, requests) in t.cpu_by_concurrency.items():
-        row[f"cpu_ms_per_request_c{c}"] = 1000 * seconds / requests if t.pid is not None and requests else math.nan
     row["cpu_ms_per_stream"] = 1000 * t.stream_cpu_s / t.streamed if t.pid is not None and t.streamed else math.nan
     row["stream_texts"] = sorted(t.stream_texts)
     row["stream_tokens"] = sorted(t.stream_tokens)
@@ -438,8 +449,8 @@ def compare(rows: dict[str, Row], concurrency: int) -> dict[str, dict[str, Row]]
 def print_table(result: dict[str, Any]) -> None:
     c = result["config"]
     print(
-        f"llmi router bench: OMP_NUM_THREADS={c['threads']} for every runtime, {c['requests']} requests per "
-        f"figure and target ({c['streams']} streams) in {c['rounds']} alternating rounds, "
+        f"llmi router bench: OMP_NUM_THREADS={c['threads']} for every runtime, {c['seconds_per_batch']:g} s of wrk per "
+        f"batch and target ({c['streams']} streams) in {c['rounds']} alternating rounds, "
         f"concurrency={c['concurrency']}, cpus={c['cpus']}, placement={c['placement']}"
     )
     for proxy, figures in result["figures"].items():
@@ -460,19 +471,21 @@ def print_table(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.router_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, help="where the tiny models are (built there if missing)")
-    parser.add_argument("--requests", type=int, default=200, help="requests per figure and target (default 200)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds of wrk per batch (default 2)")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients for req/s (default 16)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating direct/router rounds (default 5)")
     parser.add_argument("--streams", type=int, default=40, help="streamed chats per target (default 40)")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every runtime (default 1)")
     parser.add_argument("--litellm", type=Path, default=LITELLM, help="LiteLLM's proxy command (skipped if absent)")
-    parser.add_argument("--quick", action="store_true", help="a short run: 60 requests, 6 streams, 2 rounds")
+    parser.add_argument("--quick", action="store_true", help="a short run: 1 s batches, 6 streams, 2 rounds")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args(argv)
     if args.quick:
-        args.requests, args.streams, args.rounds = 60, 6, 2
-    if min(args.requests, args.streams) < args.rounds or min(args.rounds, args.concurrency, args.threads) < 1:
-        parser.error("--requests and --streams must be at least --rounds, and every count at least 1")
+        args.seconds, args.streams, args.rounds = 1.0, 6, 2
+    if args.streams < args.rounds or min(args.rounds, args.concurrency, args.threads, args.seconds) < 1:
+        parser.error("--streams must be at least --rounds, and every count (and --seconds) at least 1")
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed (Debian: apt-get install wrk)")
     # SIGTERM unwinds like Ctrl-C, so the ExitStack below stops every process.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     transformers.utils.logging.disable_progress_bar()
@@ -516,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "config": {
             "threads": args.threads,
-            "requests": args.requests,
+            "seconds_per_batch": args.seconds,
             "streams": args.streams,
             "rounds": args.rounds,
             "concurrency": args.concurrency,
