@@ -34,9 +34,10 @@ class GatewayDispatch:
         self.app_address = app_address
         self.keys = keys
         self.addresses: dict[str, Address] = {}  # a lease's URL, parsed once
+        self.slow = Route(app_address)  # the client's own head, built only if it goes there
 
     def __call__(self, request: Request) -> Route:
-        slow = Route(self.app_address)  # the client's own head, built only if it goes there
+        slow = self.slow  # routes are never changed once made: one serves every request
         path = request.path
         if request.method != "POST" or request.version != "1.1" or path not in ROUTES or b"?" in request.target:
             return slow

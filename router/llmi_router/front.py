@@ -510,6 +510,8 @@ class Client(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._head = 0
+        self._length: bytes | None = None  # the content-length header, as sent
+        self._continue = False  # expect: 100-continue
 
     def idle(self) -> bool:
         return self.relay is None and not self.requests
@@ -558,19 +560,22 @@ class Client(asyncio.Protocol):
         self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        self._headers.append((name, value))
         self._head += len(name) + len(value)
         if self._head > MAX_HEAD_BYTES:
             self._count(0)
+        if name == b"content-length":
+            self._length = value
+        elif name == b"expect":
+            self._continue = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
-        for name, value in self._headers:
-            if name == b"content-length" and (
-                not value.strip().isdigit() or int(value) > self.front.limits.max_body_bytes
-            ):
-                self._too_large()
-                return
-        if self._header(b"expect") == b"100-continue" and self.transport is not None:
+        length = self._length
+        if length is not None and (not length.strip().isdigit() or int(length) > self.front.limits.max_body_bytes):
+            self._too_large()
+            return
+        if self._continue and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -585,7 +590,7 @@ class Client(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._refused:
             return
-        if self.parser.should_upgrade() and self._header(b"content-length") not in (None, b"0"):
+        if self.parser.should_upgrade() and self._length not in (None, b"0"):
             # The parser hands what follows an upgrade's head to the new protocol, not as a body.
             message = "Protocol upgrades are not supported: send the request without an Upgrade header."
             self._refuse(reply(400, message, "upgrade_not_supported"))
@@ -644,12 +649,6 @@ class Client(asyncio.Protocol):
             self.write(self._final)
             self._final = None
         self.close()
-
-    def _header(self, name: bytes) -> bytes | None:
-        for key, value in self._headers:
-            if key == name:
-                return value.lower()
-        return None
 
     def _count(self, n: int) -> None:
         self._head += n

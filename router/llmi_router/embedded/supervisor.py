@@ -91,6 +91,7 @@ class Supervisor:
         self._sleeping_until: float | None = None  # the owner's timer while it waits (None: no timer)
         self._applying = False  # an event is going through step() now: another one waits its turn
         self._changed = asyncio.Event()
+        self._engine_of: dict[str, tuple[ModelEntry, str | None, str | None]] = {}  # engine(), per entry
         self._owner: asyncio.Task[None] | None = None
         self._futures: dict[int, asyncio.Future[OnceLease] | _Inline] = {}
         self._handles: dict[str, tuple[int, Handle, Launcher]] = {}
@@ -156,10 +157,15 @@ class Supervisor:
         slot = self.world.slots.get(model)
         if slot is None:
             return None
+        known = self._engine_of.get(model)
+        if known is not None and known[0] is slot.entry and known[1] == slot.placement:
+            return known[2]  # the front door asks on every request; the answer changes with these only
         entry = slot.entry
         placement = slot.placement or _kind(planner.placement(entry.memory_bytes, self.budget, entry.placement))
         engine = self._engine(entry, placement)
-        return engine if engine in ("vllm", "transformers") else None
+        found = engine if engine in ("vllm", "transformers") else None
+        self._engine_of[model] = (entry, slot.placement, found)
+        return found
 
     def model_type(self, model: str) -> str | None:
         slot = self.world.slots.get(model)
