@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +78,9 @@ class Target:
     name: str
     urls: dict[str, str]
     client: httpx.AsyncClient
-    batches: dict[str, list[Batch]] = field(default_factory=dict)  # "embed" (C=1), "embed_c" (C=C), ...
+    batches: dict[tuple[str, int], list[Batch]] = field(default_factory=dict)  # by (kind, concurrency)
     ttft: list[float] = field(default_factory=list)
     pid: int | None = None  # the proxy process whose CPU is counted
-    cpu: dict[tuple[str, int], list[tuple[float, int]]] = field(default_factory=dict)  # (seconds, requests)
     stream_cpu_s: float = 0.0  # over the streamed chats, apart: each relays dozens of events
     streamed: int = 0
     stream_total: list[float] = field(default_factory=list)
@@ -173,15 +172,17 @@ end
 
 @dataclass(frozen=True)
 class Batch:
-    """What one wrk run reports: requests answered, its duration, and its latency percentiles."""
+    """What one wrk run reports (requests answered, its duration, its latency percentiles), and
+    the proxy's CPU time over it."""
 
     requests: int
     seconds: float
     p50_s: float
     p99_s: float
+    cpu_s: float = 0.0
 
 
-async def wrk(target: Target, kind: str, body: bytes, seconds: float, connections: int, scripts: Path) -> Batch:
+async def wrk(target: Target, kind: str, body: bytes, seconds: int, connections: int, scripts: Path) -> Batch:
     """``connections`` keep-alive clients sending ``body`` back to back for ``seconds``: wrk, the
     client the issue measured with. A Python client on the same two cores costs several times the
     proxy's CPU per request and spreads requests apart; its figures were the client's more than
@@ -190,8 +191,7 @@ async def wrk(target: Target, kind: str, body: bytes, seconds: float, connection
     script = scripts / f"{kind}.lua"
     if not script.exists():
         script.write_text(WRK_SCRIPT % {"body": body.decode(), "auth": AUTH["authorization"]})
-    duration = f"{max(1, round(seconds))}s"
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}", "--timeout", "30s", "-s", str(script)]
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "-s", str(script)]
     proc = await asyncio.create_subprocess_exec(
         *command, f"{target.urls[model]}{path}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
@@ -237,10 +237,7 @@ async def batch(t: Target, kind: str, body: bytes, args: argparse.Namespace, con
     """One timed wrk batch on ``t``, counting its proxy's CPU time."""
     before = cpu_seconds(t.pid)
     b = await wrk(t, kind, body, args.seconds, concurrency, scripts)
-    spent = cpu_seconds(t.pid) - before
-    key = kind if concurrency == 1 else f"{kind}_c"
-    t.batches.setdefault(key, []).append(b)
-    t.cpu.setdefault((kind, concurrency), []).append((spent, b.requests))
+    t.batches.setdefault((kind, concurrency), []).append(replace(b, cpu_s=cpu_seconds(t.pid) - before))
 
 
 async def streams(target: Target, body: bytes, n: int) -> None:
@@ -295,12 +292,16 @@ def summarize(t: Target) -> Row:
     batches' CPU over their requests, so that neither kind nor concurrency outweighs the others
     by how many requests fit in a batch."""
     row: Row = {}
-    for key, batches in t.batches.items():
+    for (kind, c), batches in t.batches.items():
+        key = kind if c == 1 else f"{kind}_c"  # FIGURES' names
         row[f"{key}_p50_ms"] = 1000 * statistics.median(b.p50_s for b in batches)
         row[f"{key}_p99_ms"] = 1000 * statistics.median(b.p99_s for b in batches)
         rate = sum(b.requests for b in batches) / sum(b.seconds for b in batches)
-        row[f"{key}_seq_c_req_s" if not key.endswith("_c") else f"{key}_req_s"] = rate
-    cells = {cell: 1000 * sum(s for s, _ in spent) / sum(n for _, n in spent) for cell, spent in t.cpu.items()}
+        row[f"{kind}_seq_c_req_s" if c == 1 else f"{kind}_c_req_s"] = rate
+    cells = {
+        cell: 1000 * sum(b.cpu_s for b in batches) / sum(b.requests for b in batches)
+        for cell, batches in t.batches.items()
+    }
     measured = t.pid is not None and cells
     row["cpu_ms_per_request"] = statistics.mean(cells.values()) if measured else math.nan
     for c in sorted({c for _, c in cells}):
@@ -471,7 +472,7 @@ def print_table(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.router_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, help="where the tiny models are (built there if missing)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="seconds of wrk per batch (default 2)")
+    parser.add_argument("--seconds", type=int, default=2, help="seconds of wrk per batch (default 2)")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients for req/s (default 16)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating direct/router rounds (default 5)")
     parser.add_argument("--streams", type=int, default=40, help="streamed chats per target (default 40)")
@@ -481,9 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.streams, args.rounds = 1.0, 6, 2
+        args.seconds, args.streams, args.rounds = 1, 6, 2
     if args.streams < args.rounds or min(args.rounds, args.concurrency, args.threads, args.seconds) < 1:
-        parser.error("--streams must be at least --rounds, and every count (and --seconds) at least 1")
+        parser.error("--streams must be at least --rounds, and every count at least 1")
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
     # SIGTERM unwinds like Ctrl-C, so the ExitStack below stops every process.
