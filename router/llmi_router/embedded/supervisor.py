@@ -92,6 +92,7 @@ class Supervisor:
         self._applying = False  # an event is going through step() now: another one waits its turn
         self._changed = asyncio.Event()
         self._engine_of: dict[str, tuple[ModelEntry, str | None, str | None]] = {}  # engine(), per entry
+        self._hot: dict[str, tuple[s.Want, Callable[[], None]]] = {}  # _hot_of(), per model
         self._owner: asyncio.Task[None] | None = None
         self._futures: dict[int, asyncio.Future[OnceLease] | _Inline] = {}
         self._handles: dict[str, tuple[int, Handle, Launcher]] = {}
@@ -136,9 +137,13 @@ class Supervisor:
     def hold_now(self, model: str) -> OnceLease | None:
         """A lease granted this instant, or None: the front door then sends the request to the
         app, which waits for it. A want that would queue (at the concurrency bound) is withdrawn."""
-        if not self.is_ready(model) or self._inbox or self._applying or self._owner is None or self._owner.done():
+        slot = self.world.slots.get(model)
+        if slot is None or slot.state is not State.READY or slot.removed:
             return None
-        hot = request_step(self.world, s.Want(0, model), self.clock(), self.config)
+        if self._inbox or self._applying or self._owner is None or self._owner.done():
+            return None
+        want, _ = self._hot_of(model)
+        hot = request_step(self.world, want, self.clock(), self.config)
         if hot is not None:  # the common case, without a waiter's bookkeeping: granted this instant
             self.world, effects = hot
             self._changed.set()
@@ -448,7 +453,16 @@ class Supervisor:
         (none for a vLLM server) is where the front relays it."""
         held = self._handles.get(model)
         socket = held[1].socket if held is not None else None
-        return OnceLease(url, functools.partial(self._post_hot, s.Release(model)), socket)
+        return OnceLease(url, self._hot_of(model)[1], socket)
+
+    def _hot_of(self, model: str) -> tuple[s.Want, Callable[[], None]]:
+        """A request's want (waiter 0: granted at once or not at all) and its release, made once per
+        model: events are frozen, so one of each serves every request (a frozen dataclass costs
+        the fast path microseconds to make, a cold cache several times that)."""
+        found = self._hot.get(model)
+        if found is None:
+            found = self._hot[model] = (s.Want(0, model), functools.partial(self._post_hot, s.Release(model)))
+        return found
 
     def _background(self, coro: Coroutine[Any, Any, None], model: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=f"llmi-{model}")
