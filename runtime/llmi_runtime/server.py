@@ -65,6 +65,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         loop="asyncio",
         ws="none",  # nothing here speaks websockets; and importing them costs a switch 45 ms
         http=OneWriteHttpToolsProtocol,  # a short answer in one send, not two
+        server_header=False,  # "server: uvicorn" tells nobody anything; the router parses one header fewer
         host=args.host,
         port=args.port,
         log_level=settings.log_level.lower(),
