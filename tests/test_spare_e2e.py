@@ -51,6 +51,17 @@ def warm_spare(serve: ServeProcess, client: httpx.Client) -> int:
     raise AssertionError("the spare runtime never reported warm")
 
 
+def measured_card(serve: ServeProcess, client: httpx.Client, model: str) -> dict[str, object]:
+    """``model``'s /v1/models card once it shows a measured size (polled, bounded)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        card = {m["id"]: m for m in client.get(f"{serve.url}/v1/models").json()["data"]}[model]
+        if card["memory_measured_bytes"]:
+            return card
+        time.sleep(0.05)  # polling observable state, not a synchronisation by time
+    raise AssertionError(f"{model} never reported a measured size")
+
+
 def embed(client: httpx.Client, serve: ServeProcess, model: str) -> None:
     path, body = (
         ("/v1/embeddings", {"model": model, "input": "hello"})
@@ -74,8 +85,7 @@ def test_a_switch_is_handed_to_the_warm_spare_and_the_next_spare_is_forked(
             embed(client, serve, PAIR[1])  # a switch: the first model makes room
             assert serve.runtime_pids(PAIR[1]) == [spare], "the spare itself now serves the model"
             assert warm_spare(serve, client) != spare, "a new spare was forked and warmed up"
-            models_now = {m["id"]: m for m in client.get(f"{serve.url}/v1/models").json()["data"]}
-            assert models_now[PAIR[1]]["state"] == "ready"
-            assert models_now[PAIR[1]]["memory_measured_bytes"]
+            card = measured_card(serve, client, PAIR[1])  # measured after its first answer, in the background
+            assert card["state"] == "ready"
     finally:
         serve.stop()
