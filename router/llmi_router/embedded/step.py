@@ -27,7 +27,6 @@ Scheduling rules, applied after every event:
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Iterable
@@ -79,11 +78,11 @@ from llmi_router.embedded.slots import (
 _SLOT_FIELDS = frozenset(f.name for f in fields(Slot))
 
 
-def _with(slot: Slot, changes: dict[str, object], checked: bool = True) -> Slot:
+def _with(slot: Slot, changes: dict[str, object]) -> Slot:
     """``dataclasses.replace`` for a Slot without running its generated ``__init__`` (a Slot
-    checks nothing there): ``replace`` was the largest part of a step, two steps a request.
-    ``checked=False`` where the field names are literals of this module (``request_step``)."""
-    if checked and (unknown := changes.keys() - _SLOT_FIELDS):
+    checks nothing there): ``replace`` was the largest part of a step, two steps a request."""
+    unknown = changes.keys() - _SLOT_FIELDS
+    if unknown:
         raise TypeError(f"Slot has no field {sorted(unknown)}")
     new = object.__new__(Slot)
     new.__dict__.update(slot.__dict__)
@@ -167,29 +166,16 @@ def request_step(world: World, event: Want | Release, now: float, config: Config
         if slot.removed or slot.in_flight >= config.max_concurrent:
             return None
         assert slot.url is not None
-        new = _with(slot, {"in_flight": slot.in_flight + 1, "last_used": now}, checked=False)
-        grant = _hot_grant(event.model, slot.url) if event.waiter == 0 else Grant(event.waiter, event.model, slot.url)
-        effects = [grant]
+        new = _with(slot, {"in_flight": slot.in_flight + 1, "last_used": now})
+        effects = [Grant(event.waiter, event.model, slot.url)]
     else:
-        changes: dict[str, object] = {
-            "in_flight": max(0, slot.in_flight - 1),
-            "last_used": now,
-            "answered": slot.answered + 1,
-        }
-        new = _with(slot, changes, checked=False)
+        new = _with(slot, {"in_flight": max(0, slot.in_flight - 1), "last_used": now, "answered": slot.answered + 1})
         effects = [Measure(event.model, slot.attempt)] if slot.answered == 0 else []
     slots = dict(world.slots)
     slots[event.model] = new
     after = object.__new__(World)  # what World(...) makes, without a frozen __init__ (as ``_with``)
     after.__dict__.update(slots=slots, waiters=(), closing=False, close_deadline=world.close_deadline)
     return after, effects
-
-
-@functools.lru_cache(maxsize=1024)
-def _hot_grant(model: str, url: str) -> Grant:
-    """The grant of a want that is answered now or never (waiter 0, ``Supervisor.hold_now``): frozen,
-    so one per model and URL serves every request."""
-    return Grant(0, model, url)
 
 
 def _apply(b: _Builder, event: Event) -> None:
