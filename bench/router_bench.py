@@ -267,9 +267,13 @@ async def measure(
         for t in targets:
             t.pid = pids.get(t.name)
         scripts = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llmi-wrk-")))
-        # Untimed warm-up: connections opened, every code path run once on every side.
+        # Untimed warm-up: every code path run once on every side (a first answer can take
+        # longer than a wrk batch: LiteLLM's first chat did), then connections opened.
         for t in targets:
-            for kind in PATHS:
+            for kind, (model, path) in PATHS.items():
+                r = await t.client.post(f"{t.urls[model]}{path}", content=body[kind], headers=JSON_HEADERS)
+                if r.status_code != 200:
+                    raise RuntimeError(f"{t.name} {path} warm-up: HTTP {r.status_code}: {r.text[:500]}")
                 await wrk(t, kind, body[kind], 1, args.concurrency, scripts)
             await streams(t, body["stream"], 2)
             t.ttft.clear()
