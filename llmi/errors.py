@@ -33,6 +33,16 @@ class BadRequest(LlmiError):
     type = "invalid_request_error"
 
 
+class WrongModelType(BadRequest):
+    """A known model asked for what its type does not serve (chat from an embedding model)."""
+
+    code = "wrong_model_type"
+
+    def __init__(self, model: str, kind: str, path: str) -> None:
+        article = "an" if kind[:1] in "aeiou" else "a"
+        super().__init__(f"Model '{model}' is {article} {kind} model and does not serve {path}.", param="model")
+
+
 class NotFound(LlmiError):
     status = 404
     type = "invalid_request_error"

@@ -30,30 +30,69 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error"}
 
 
-def describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:
-    """A one-line message and the offending parameter, from pydantic's first error."""
+# Error types of our own validators whose type is also the error's ``code``.
+_CODED = frozenset({"unsupported_parameter"})
+
+
+def describe_validation_error(exc: ValidationError) -> tuple[str, str | None, str | None]:
+    """A one-line message, the offending parameter and a code, from pydantic's errors."""
     return describe_errors(exc.errors(include_url=False, include_context=False, include_input=False))
 
 
-def describe_errors(errors: Sequence[Any], skip_loc: int = 0) -> tuple[str, str | None]:
-    """Pydantic-style error dicts as a sentence for people (never a Python repr), and the
-    parameter they name. ``skip_loc`` drops a leading location part (FastAPI's ``body``)."""
+def describe_errors(errors: Sequence[Any], skip_loc: int = 0) -> tuple[str, str | None, str | None]:
+    """Pydantic-style error dicts as a sentence for people (never a Python repr), the parameter
+    they name and a stable code where one applies. ``skip_loc`` drops a leading location part
+    (FastAPI's ``body``). A field that no branch of its union accepts is one problem, described
+    by the branches that got furthest, not by the first branch tried."""
     if not errors:
-        return "The request is not valid.", None
+        return "The request is not valid.", None, None
     first = errors[0]
     if first["type"] == "json_invalid":
-        return f"Request body is not valid JSON: {first['msg']}", None
+        return f"Request body is not valid JSON: {first['msg']}", None, None
     loc = list(first.get("loc") or ())[skip_loc:]
     if first["type"] == "model_type" and not loc:
-        return "Request body must be a JSON object.", None
-    # Union branches add their type names to ``loc``; keep only real field names and indexes.
-    parts = [str(p) for p in loc if isinstance(p, int) or not _is_type_tag(str(p))]
+        return "Request body must be a JSON object.", None, None
+    field = _params(loc)[:1]
+    same = [e for e in errors if _params(list(e.get("loc") or ())[skip_loc:])[:1] == field]
+    if field and len(same) > 1 and any(_has_tag(list(e.get("loc") or ())[skip_loc:]) for e in same):
+        parts, msg, kind = _union_problem(same, skip_loc)
+        rest = len(errors) - len(same)
+    else:
+        parts, msg, kind = _params(loc), first["msg"], first["type"]
+        rest = len(errors) - 1
     param = ".".join(parts) or None
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
+    if kind == "extra_forbidden":
         msg = "Unrecognized request argument supplied"
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    return (f"{param}: {msg}{more}" if param else f"{msg}{more}"), param
+    elif kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    more = f" (and {rest} more {'problem' if rest == 1 else 'problems'})" if rest else ""
+    return (f"{param}: {msg}{more}" if param else f"{msg}{more}"), param, kind if kind in _CODED else None
+
+
+def _union_problem(errors: Sequence[Any], skip_loc: int) -> tuple[list[str], str, str]:
+    """What a union's branches say about one value: a constraint broken by a branch whose shape
+    fits (an empty list where lists are accepted) before a bare type mismatch; among mismatches,
+    the place the branches got furthest to (deepest, then latest item), their expectations
+    joined ("a valid string or a valid array")."""
+    located = [(_params(list(e.get("loc") or ())[skip_loc:]), e) for e in errors]
+    fitting = [(p, e) for p, e in located if not e["type"].endswith("_type")]
+    if fitting:
+        parts, error = max(fitting, key=lambda pe: len(pe[0]))
+        return parts, error["msg"], error["type"]
+    furthest = max((p for p, _ in located), key=lambda p: (len(p), [int(x) if x.isdigit() else -1 for x in p]))
+    there = [e for p, e in located if p == furthest]
+    expected = list(dict.fromkeys(e["msg"].removeprefix("Input should be ") for e in there))
+    said = expected[0] if len(expected) == 1 else ", ".join(expected[:-1]) + " or " + expected[-1]
+    return furthest, f"Input should be {said}", there[0]["type"]
+
+
+def _params(loc: list[Any]) -> list[str]:
+    """A location's real field names and indexes (union branches add their type names)."""
+    return [str(p) for p in loc if isinstance(p, int) or not _is_type_tag(str(p))]
+
+
+def _has_tag(loc: list[Any]) -> bool:
+    return any(isinstance(p, str) and _is_type_tag(p) for p in loc)
 
 
 def _is_type_tag(part: str) -> bool:
@@ -76,8 +115,8 @@ def parse_json(body: bytes, model: type[M]) -> M:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        message, param = describe_validation_error(exc)
-        raise BadRequest(message, param=param) from None
+        message, param, code = describe_validation_error(exc)
+        raise BadRequest(message, param=param, code=code) from None
 
 
 class BodyLimitMiddleware:
@@ -171,8 +210,8 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         errors = list(exc.errors())
         skip = 1 if errors and tuple(errors[0].get("loc") or ())[:1] in {("body",), ("query",), ("path",)} else 0
-        message, param = describe_errors(errors, skip_loc=skip)
-        return JSONResponse(error_body(message, "invalid_request_error", param=param), status_code=400)
+        message, param, code = describe_errors(errors, skip_loc=skip)
+        return JSONResponse(error_body(message, "invalid_request_error", param=param, code=code), status_code=400)
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)

@@ -155,7 +155,7 @@ def cases() -> list[Case]:
         "stream-options-without-stream": ({"messages": msgs, "stream_options": {"include_usage": True}}, None),
         "tools": ({"messages": msgs, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         "logprobs": ({"messages": msgs, "logprobs": True}, "logprobs"),
-        "response-format-json": ({"messages": msgs, "response_format": {"type": "json_object"}}, None),
+        "response-format-json": ({"messages": msgs, "response_format": {"type": "json_object"}}, "response_format"),
         "image-part": (
             {
                 "messages": [
@@ -165,7 +165,7 @@ def cases() -> list[Case]:
                     }
                 ]
             },
-            None,
+            "messages",
         ),
         "unknown-part": ({"messages": [{"role": "user", "content": [{"type": "video", "x": 1}]}]}, None),
         "too-many-stops": ({"messages": msgs, "stop": [str(i) for i in range(20)]}, "stop"),

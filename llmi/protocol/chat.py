@@ -8,10 +8,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
-from llmi.protocol.common import PositiveInt, Request, Usage
+from llmi.protocol.common import PositiveInt, Request, Usage, only, unsupported
 from llmi.protocol.common import Response as ResponseBase
+
+# How a refusal of what only the vLLM engine honours ends (the router passes these fields through to it).
+_VLLM_ONLY = "not supported by llmi's transformers engine (a model served by vLLM accepts it)"
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -73,7 +85,15 @@ class SamplingFields(Request):
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    n: Annotated[int, Field(ge=1, le=1)] | None = None
+    n: (
+        Annotated[
+            int,
+            Field(ge=1),
+            AfterValidator(only(1, f"more than one choice is {_VLLM_ONLY}; send the request again for another.")),
+            WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 1}),
+        ]
+        | None
+    ) = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -93,9 +113,30 @@ class SamplingFields(Request):
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: PositiveInt | None = None
-    logprobs: Literal[False] | None = None
-    top_logprobs: Literal[0] | None = None
-    tools: Annotated[list[dict[str, Any]], Field(max_length=0)] | None = None
+    logprobs: (
+        Annotated[
+            bool,
+            AfterValidator(only(False, f"log probabilities are {_VLLM_ONLY}.")),
+            WithJsonSchema({"type": "boolean", "const": False}),
+        ]
+        | None
+    ) = None
+    top_logprobs: (
+        Annotated[
+            int,
+            AfterValidator(only(0, f"log probabilities are {_VLLM_ONLY}.")),
+            WithJsonSchema({"type": "integer", "const": 0}),
+        ]
+        | None
+    ) = None
+    tools: (
+        Annotated[
+            list[dict[str, Any]],
+            AfterValidator(only([], f"tool calling is {_VLLM_ONLY}.")),
+            WithJsonSchema({"type": "array", "items": {"additionalProperties": True, "type": "object"}, "maxItems": 0}),
+        ]
+        | None
+    ) = None
     tool_choice: Literal["none", "auto"] | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
@@ -105,16 +146,25 @@ class ChatCompletionRequest(SamplingFields):
     modalities: list[Literal["text"]] | None = None
     reasoning_effort: str | None = None
 
-    @model_validator(mode="after")
-    def _check_supported(self) -> ChatCompletionRequest:
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            raise ValueError("response_format other than {'type': 'text'} is not supported")
-        for m in self.messages:
-            if isinstance(m.content, list):
-                for part in m.content:
-                    if not isinstance(part, TextPart):
-                        raise ValueError(f"message content parts of type '{part.type}' are not supported")
-        return self
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type") != "text":
+            kind = value.get("type")
+            named = f"type {kind!r}" if isinstance(kind, str) else "a response_format without a string type"
+            raise unsupported(f"{named} is {_VLLM_ONLY}; here only type 'text' is.")
+        return value
+
+    @field_validator("messages")
+    @classmethod
+    def _text_parts_only(cls, messages: list[Message]) -> list[Message]:
+        for i, m in enumerate(messages):
+            for j, part in enumerate(m.content if isinstance(m.content, list) else ()):
+                if not isinstance(part, TextPart):
+                    raise unsupported(
+                        f"message {i} has a content part of type '{part.type}' (part {j}); this model reads text only."
+                    )
+        return messages
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -125,10 +175,38 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 class CompletionRequest(SamplingFields):
     prompt: str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
-    echo: Literal[False] | None = None
-    best_of: Literal[1] | None = None
-    logprobs: Literal[0] | None = None
-    suffix: None = None
+    echo: (
+        Annotated[
+            bool,
+            AfterValidator(only(False, "echoing the prompt back is not supported.")),
+            WithJsonSchema({"type": "boolean", "const": False}),
+        ]
+        | None
+    ) = None
+    best_of: (
+        Annotated[
+            int,
+            AfterValidator(only(1, "best_of above 1 is not supported; send the request again for another.")),
+            WithJsonSchema({"type": "integer", "const": 1}),
+        ]
+        | None
+    ) = None
+    logprobs: (
+        Annotated[
+            int,
+            AfterValidator(only(0, f"log probabilities are {_VLLM_ONLY}.")),
+            WithJsonSchema({"type": "integer", "const": 0}),
+        ]
+        | None
+    ) = None
+    suffix: (
+        Annotated[
+            str,
+            AfterValidator(only(None, "a suffix (fill-in-the-middle) is not supported.")),
+            WithJsonSchema({"type": "null"}),
+        ]
+        | None
+    ) = None
 
     def token_limit(self) -> int | None:
         # The legacy API's default is 16 tokens.

@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 # A model name: printable, no path tricks. Checked again against the catalog later.
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 # A non-empty text input.
 Text = Annotated[str, StringConstraints(min_length=1)]
+
+
+# What llmi's own engines cannot honour: the error's type is its code, and the message says why.
+UNSUPPORTED = "unsupported_parameter"
+
+
+def unsupported(message: str) -> PydanticCustomError:
+    return PydanticCustomError(UNSUPPORTED, message)
+
+
+def only(neutral: object, message: str) -> Callable[[Any], Any]:
+    """An after-validator that accepts only a field's neutral value (``False``, ``0``, ``1``, an
+    empty list): the type's own refusal ("Input should be False") tells a person nothing."""
+
+    def check(value: Any) -> Any:
+        if value != neutral:
+            raise unsupported(message)
+        return value
+
+    return check
 
 
 class Request(BaseModel):

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from llmi import __version__
 from llmi.auth import ApiKeyMiddleware, ApiKeys, load_keys
-from llmi.errors import BadRequest, ClientGone, LlmiError, ModelNotFound
+from llmi.errors import BadRequest, ClientGone, LlmiError, ModelNotFound, WrongModelType
 from llmi.limits import check_limits, check_pass_through_limits
 from llmi.modeltypes import ENDPOINTS, RERANK_PATHS, ModelType
 from llmi.names import valid_name
@@ -177,9 +177,7 @@ class Gateway:
         if kind is None:
             raise ModelNotFound(model)
         if path not in ENDPOINTS[ModelType(kind)]:
-            raise BadRequest(
-                f"Model '{model}' is a {kind} model and does not serve {path}.", param="model", code="wrong_model_type"
-            )
+            raise WrongModelType(model, kind, path)
 
 
 # The paths each type serves, by the type's name (``model_type`` gives a str: ModelType(...) on

@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from llmi.errors import BadRequest, ModelNotFound, Unavailable
+from llmi.errors import ModelNotFound, Unavailable, WrongModelType
 from llmi.modeltypes import ENDPOINTS, ModelType
 from llmi.settings import Settings
 from llmi_runtime.admission import Admission
@@ -111,11 +111,7 @@ class RuntimeState:
         if model != self.name:
             raise ModelNotFound(model)
         if path not in ENDPOINTS[self.model_type]:
-            raise BadRequest(
-                f"Model '{model}' is a {self.model_type} model and does not serve {path}.",
-                param="model",
-                code="wrong_model_type",
-            )
+            raise WrongModelType(model, str(self.model_type), path)
         if self.phase is Phase.LOADING:
             raise Unavailable(f"Model '{model}' is still loading.", retry_after=2)
         if self.phase is Phase.PARKED:
