@@ -54,7 +54,8 @@ def test_neutral_values_of_refused_fields_are_accepted() -> None:
         "response_format": {"type": "text"},
     }
     parsed = parse_json(json.dumps({"model": "m", **body}).encode(), ChatCompletionRequest)
-    assert parsed.n == 1 and parsed.tools == []
+    assert parsed.n == 1
+    assert parsed.tools == []
 
 
 def test_a_non_text_part_names_its_message_and_part() -> None:
@@ -62,7 +63,8 @@ def test_a_non_text_part_names_its_message_and_part() -> None:
     error = refusal(ChatCompletionRequest, messages=[HI[0], {"role": "user", "content": content}])
     assert error["param"] == "messages"
     assert error["code"] == "unsupported_parameter"
-    assert "message 1" in error["message"] and "'image_url' (part 1)" in error["message"]
+    assert "message 1" in error["message"]
+    assert "'image_url' (part 1)" in error["message"]
 
 
 def test_completions_refusals_say_what_is_missing() -> None:

@@ -395,6 +395,19 @@ async def test_a_stream_broken_off_mid_event_is_closed_without_an_event() -> Non
 
 
 @aio
+async def test_a_request_that_stops_arriving_midway_gets_a_408_not_the_idle_close() -> None:
+    async with env(keepalive_s=0.05, body_timeout_s=0.3) as e:
+        head = b"POST /fast HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"
+        out = await exchange(e.port, head)
+        assert out.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), out
+        error = json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]
+        assert error["code"] == "request_timeout"
+        assert "0.3 s" in error["message"]
+        assert not e.runtime.seen, "nothing of it was forwarded"
+        assert not e.app.seen
+
+
+@aio
 async def test_an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() -> None:
     async with env(keepalive_s=0.2) as e:
         _, writer = await asyncio.open_connection("127.0.0.1", e.port)

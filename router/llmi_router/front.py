@@ -97,6 +97,7 @@ class FrontLimits:
     read_timeout_s: float  # between bytes from an upstream
     connect_timeout_s: float
     keepalive_s: float = 5.0  # an idle client connection is closed after this
+    body_timeout_s: float = 60.0  # a request begun but stalled this long gets a 408 (nginx's default)
 
 
 def reply(status: int, message: str, code: str) -> bytes:
@@ -436,7 +437,9 @@ class Front:
         self.closing = False
         self.loop = asyncio.get_running_loop()
         self._sweep: asyncio.TimerHandle | None = None
-        self._sweep_s = max(0.01, min(MAX_SWEEP_S, limits.read_timeout_s / 4, limits.keepalive_s / 4))
+        self._sweep_s = max(
+            0.01, min(MAX_SWEEP_S, limits.read_timeout_s / 4, limits.keepalive_s / 4, limits.body_timeout_s / 4)
+        )
         self._drained: asyncio.Future[None] | None = None
 
     async def start(self, host: str, port: int) -> asyncio.Server:
@@ -474,13 +477,16 @@ class Front:
     def _sweep_now(self) -> None:
         self._sweep = None
         now = self.loop.time()
-        read_timeout, keepalive = self.limits.read_timeout_s, self.limits.keepalive_s
+        limits = self.limits
         for relay in list(self.relays):
             upstream = relay.upstream
-            if upstream is not None and now - upstream.last >= read_timeout:
+            if upstream is not None and now - upstream.last >= limits.read_timeout_s:
                 relay.ended("timeout")
         for client in list(self.clients):
-            if client.idle() and now - client.last >= keepalive:
+            if client.partial:
+                if now - client.last >= limits.body_timeout_s:
+                    client.stalled()
+            elif client.idle() and now - client.last >= limits.keepalive_s:
                 client.close()
         if self.clients:
             self.watch()
@@ -502,6 +508,7 @@ class Client(asyncio.Protocol):
         self._stepping = False  # inside _next: an answer that ends at once does not recurse
         self._refused = False  # the rest of what this client sends is ignored
         self._final: bytes | None = None  # sent after the answers in progress, before closing
+        self.partial = False  # a request's first bytes are in, not all of it
         self._new_message()
 
     def _new_message(self) -> None:
@@ -553,6 +560,7 @@ class Client(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        self.partial = True
         self._new_message()
 
     def on_url(self, url: bytes) -> None:
@@ -588,6 +596,7 @@ class Client(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.partial = False
         if self._refused:
             return
         if self.parser.should_upgrade() and self._length not in (None, b"0"):
@@ -654,6 +663,12 @@ class Client(asyncio.Protocol):
         self._head += n
         if self._head > MAX_HEAD_BYTES and not self._refused:
             self._refuse(reply(431, "The request's head is too large.", "request_too_large"))
+
+    def stalled(self) -> None:
+        """A request that stopped arriving midway: a 408 (after any answers in progress), then close."""
+        self.partial = False
+        limit = self.front.limits.body_timeout_s
+        self._refuse(reply(408, f"The request was not received in full within {limit:g} s.", "request_timeout"))
 
     def _too_large(self) -> None:
         limit = self.front.limits.max_body_bytes
