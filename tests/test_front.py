@@ -395,6 +395,20 @@ async def test_a_stream_broken_off_mid_event_is_closed_without_an_event() -> Non
 
 
 @aio
+async def test_a_compressed_body_is_refused_with_415_before_any_route() -> None:
+    async with env() as e:
+        out = await exchange(e.port, post("/fast", b"\x1f\x8b\x08\x00", "content-encoding: gzip"))
+        assert out.startswith(b"HTTP/1.1 415 Unsupported Media Type\r\n"), out
+        error = json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]
+        assert error["code"] == "unsupported_content_encoding"
+        assert "'gzip'" in error["message"]
+        assert not e.runtime.seen, "nothing of it was forwarded"
+        assert not e.app.seen
+        plain = await exchange(e.port, post("/fast", b"{}", "content-encoding: identity", close=True))
+        assert plain.startswith(b"HTTP/1.1 200"), "identity is no encoding"
+
+
+@aio
 async def test_a_request_that_stops_arriving_midway_gets_a_408_not_the_idle_close() -> None:
     async with env(keepalive_s=0.05, body_timeout_s=0.3) as e:
         head = b"POST /fast HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"

@@ -519,6 +519,7 @@ class Client(asyncio.Protocol):
         self._head = 0
         self._length: bytes | None = None  # the content-length header, as sent
         self._continue = False  # expect: 100-continue
+        self._encoded: bytes | None = None  # a content-encoding of the body (gzip, ...): not read here
 
     def idle(self) -> bool:
         return self.relay is None and not self.requests
@@ -577,11 +578,18 @@ class Client(asyncio.Protocol):
             self._length = value
         elif name == b"expect":
             self._continue = value.lower() == b"100-continue"
+        elif name == b"content-encoding" and value.strip().lower() != b"identity":
+            self._encoded = value
 
     def on_headers_complete(self) -> None:
         length = self._length
         if length is not None and (not length.strip().isdigit() or int(length) > self.front.limits.max_body_bytes):
             self._too_large()
+            return
+        if self._encoded is not None:
+            coding = self._encoded.decode("latin-1")[:40]
+            message = f"Request bodies are read uncompressed: Content-Encoding {coding!r} is not supported."
+            self._refuse(reply(415, message, "unsupported_content_encoding"))
             return
         if self._continue and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
