@@ -119,6 +119,20 @@ def parse_json(body: bytes, model: type[M]) -> M:
         raise BadRequest(message, param=param, code=code) from None
 
 
+class HeadAsGet:
+    """HEAD answered as the GET of the same path (load balancers' health checks, ``curl -I``):
+    the app sees a GET, and the server, which still sees HEAD, sends the head without the body.
+    The OpenAPI stays as it is: no HEAD operation per route."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
 class BodyLimitMiddleware:
     """Refuses bodies over ``limit`` bytes with 413, by header or by counting the stream,
     so a huge upload is never buffered whole."""

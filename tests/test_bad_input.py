@@ -290,6 +290,17 @@ def test_unknown_routes_and_methods_use_the_envelope(runtimes: Runtimes, method_
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize("path", ["/v1/models", "/readyz", "/metrics"])
+def test_head_is_answered_as_get_without_a_body(runtimes: Runtimes, path: str) -> None:
+    rt = runtimes("tiny-llama-chat")
+    with httpx.Client(base_url=rt.url, timeout=30) as client:
+        head, get = client.head(path), client.get(path)
+        assert head.status_code == get.status_code == 200
+        assert head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+        assert client.get("/readyz").status_code == 200, "the connection stays usable after a HEAD"
+
+
 def test_images_in_every_format_are_accepted(runtimes: Runtimes) -> None:
     rt = runtimes("tiny-vit")
     img = picture(9)

@@ -163,3 +163,13 @@ def test_new_folders_are_picked_up_and_idle_models_unload(tiny_models: dict[str,
         assert "idle" in server.output()
     finally:
         server.stop()
+
+
+def test_head_through_the_router_is_its_get_without_a_body(serve: ServeProcess) -> None:
+    with httpx.Client(base_url=serve.url, timeout=30) as client:
+        for path in ("/v1/models", "/v1/health"):
+            head, get = client.head(path), client.get(path)
+            assert head.status_code == get.status_code == 200, path
+            assert head.content == b"", path
+            assert head.headers["content-type"] == get.headers["content-type"]
+        assert client.get("/v1/models").status_code == 200, "the keep-alive connection survives a HEAD"

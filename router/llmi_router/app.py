@@ -39,7 +39,7 @@ from llmi.protocol.vision import (
     VisionSimilarityRequest,
 )
 from llmi.settings import Settings
-from llmi.web import BodyLimitMiddleware, Receive, Scope, Send, install_error_handlers, parse_json, send_json
+from llmi.web import BodyLimitMiddleware, HeadAsGet, Receive, Scope, Send, install_error_handlers, parse_json, send_json
 from llmi_router.metrics import RouterMetrics
 from llmi_router.operations import install_operations
 from llmi_router.page import install_page
@@ -286,6 +286,7 @@ def build_router_app(
     install_page(app, control, empty_hint, locked=bool(keys))
     _document(app, list(ROUTES))
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    app.add_middleware(HeadAsGet)
     # Outermost: an unauthorised request costs no parse and no load.
     open_paths = {"/", *(["/metrics"] if settings.metrics_open else [])}
     app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths=open_paths)

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from llmi import __version__
 from llmi.modeltypes import ENDPOINTS
 from llmi.openapi import add_operations
-from llmi.web import ASGIApp, BodyLimitMiddleware, Message, Receive, Scope, Send, install_error_handlers
+from llmi.web import ASGIApp, BodyLimitMiddleware, HeadAsGet, Message, Receive, Scope, Send, install_error_handlers
 from llmi_runtime.api import admin, embeddings, meta, rerank, text, vision
 from llmi_runtime.parking import Parker
 from llmi_runtime.state import RuntimeState
@@ -87,4 +87,5 @@ def build_app(state: RuntimeState, on_load_failure: Callable[[], None] | None = 
     app.add_middleware(state.admission.middleware, paths=frozenset(ENDPOINTS[state.model_type]))
     app.add_middleware(MetricsMiddleware, state=state, paths=API_PATHS)
     app.add_middleware(BodyLimitMiddleware, limit=state.settings.max_request_bytes)
+    app.add_middleware(HeadAsGet)
     return app
