@@ -25,6 +25,13 @@ from llmi.protocol.common import Response as ResponseBase
 # How a refusal of what only the vLLM engine honours ends (the router passes these fields through to it).
 _VLLM_ONLY = "not supported by llmi's transformers engine (a model served by vLLM accepts it)"
 
+# A count of log probabilities (chat's top_logprobs, completions' logprobs): 0 only.
+NoLogprobs = Annotated[
+    int,
+    AfterValidator(only(0, f"log probabilities are {_VLLM_ONLY}.")),
+    WithJsonSchema({"type": "integer", "const": 0}),
+]
+
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
@@ -121,14 +128,7 @@ class ChatCompletionRequest(SamplingFields):
         ]
         | None
     ) = None
-    top_logprobs: (
-        Annotated[
-            int,
-            AfterValidator(only(0, f"log probabilities are {_VLLM_ONLY}.")),
-            WithJsonSchema({"type": "integer", "const": 0}),
-        ]
-        | None
-    ) = None
+    top_logprobs: NoLogprobs | None = None
     tools: (
         Annotated[
             list[dict[str, Any]],
@@ -191,14 +191,7 @@ class CompletionRequest(SamplingFields):
         ]
         | None
     ) = None
-    logprobs: (
-        Annotated[
-            int,
-            AfterValidator(only(0, f"log probabilities are {_VLLM_ONLY}.")),
-            WithJsonSchema({"type": "integer", "const": 0}),
-        ]
-        | None
-    ) = None
+    logprobs: NoLogprobs | None = None
     suffix: (
         Annotated[
             str,
