@@ -14,7 +14,7 @@ def check_token_caps(request: Any, settings: Settings) -> None:
     limit = settings.max_tokens_limit
     if limit is None:
         return
-    for name in ("max_completion_tokens", "max_tokens"):
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         asked = getattr(request, name, None)
         if isinstance(asked, int) and asked > limit:
             raise TokenLimitExceeded(

@@ -20,6 +20,7 @@ from llmi.errors import BadRequest, LimitExceeded
 from llmi.protocol.chat import ChatCompletionRequest, CompletionRequest, SamplingFields
 from llmi.protocol.embeddings import EmbeddingRequest
 from llmi.protocol.rerank import RerankRequest, TeiRerankRequest
+from llmi.protocol.responses import ResponseRequest
 from llmi.protocol.vision import (
     MultimodalEncodeRequest,
     MultimodalMatchRequest,
@@ -47,19 +48,23 @@ class PassThroughMessage(BaseModel):
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+            kinds = ("text", "input_text", "output_text")  # chat's parts, and the Responses API's
+            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") in kinds)
         return self.content or ""
 
 
 class PassThroughRequest(BaseModel):
-    """What the limits read from a chat or completion body that an engine with more features than
-    ours (vLLM: tools, logprobs, n) validates for itself: only those fields, leniently."""
+    """What the limits read from a chat, completion or Responses body that an engine with more
+    features than ours (vLLM: tools, logprobs, n) validates for itself: only those fields, leniently."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
     messages: list[PassThroughMessage] | None = None
     prompt: str | list[Any] | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
+    input: str | list[PassThroughMessage] | None = None  # the Responses API's conversation
+    instructions: str | None = None
+    max_output_tokens: int | None = None
     stop: str | list[str] | None = None
     logit_bias: dict[str, Any] | None = None
 
@@ -76,6 +81,9 @@ def check_pass_through_limits(body: bytes, settings: Settings) -> None:
     check_token_caps(req, settings)
     if req.messages is not None:
         length("messages", "".join(m.text() for m in req.messages), settings.max_input_chars)
+    if req.input is not None:
+        turns = [req.input] if isinstance(req.input, str) else [m.text() for m in req.input]
+        length("input", (req.instructions or "") + "".join(turns), settings.max_input_chars)
     if isinstance(req.prompt, str):
         length("prompt", req.prompt, settings.max_input_chars)
     elif req.prompt:
@@ -153,6 +161,10 @@ def _chat(req: ChatCompletionRequest, s: Settings) -> None:
     _sampling(req, s)
 
 
+def _response(req: ResponseRequest, s: Settings) -> None:
+    length("input", "".join(m["content"] for m in req.messages()), s.max_input_chars)
+
+
 def _completion(req: CompletionRequest, s: Settings) -> None:
     prompts: list[Any] = [req.prompt] if isinstance(req.prompt, str) or isinstance(req.prompt[0], int) else req.prompt
     count("prompt", prompts, s.max_prompts, "LLM_MAX_PROMPTS", "prompts")
@@ -213,6 +225,7 @@ def _multimodal_match(req: MultimodalMatchRequest, s: Settings) -> None:
 _CHECKS: dict[type[BaseModel], Callable[[Any, Settings], None]] = {
     ChatCompletionRequest: _chat,
     CompletionRequest: _completion,
+    ResponseRequest: _response,
     EmbeddingRequest: _embedding,
     RerankRequest: _rerank,
     TeiRerankRequest: _tei,

@@ -17,7 +17,7 @@ class ModelType(StrEnum):
 RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
 
 ENDPOINTS: dict[ModelType, tuple[str, ...]] = {
-    ModelType.CHAT: ("/v1/chat/completions", "/v1/completions"),
+    ModelType.CHAT: ("/v1/chat/completions", "/v1/completions", "/v1/responses"),
     ModelType.EMBEDDING: ("/v1/embeddings",),
     ModelType.RERANKER: RERANK_PATHS,
     ModelType.VISION: ("/v1/vision/encode", "/v1/vision/similarity"),

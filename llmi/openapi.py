@@ -19,6 +19,7 @@ from llmi.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompleti
 from llmi.protocol.common import ErrorResponse
 from llmi.protocol.embeddings import EmbeddingList, EmbeddingRequest
 from llmi.protocol.rerank import RerankRequest, RerankResponse, TeiRank, TeiRerankRequest, V2RerankResponse
+from llmi.protocol.responses import ResponseObject, ResponseRequest, ResponseStreamEvent
 from llmi.protocol.vision import (
     MultimodalEncodeRequest,
     MultimodalEncodeResponse,
@@ -65,6 +66,15 @@ OPERATIONS: tuple[Operation, ...] = (
         (CompletionRequest,),
         Completion,
         stream_event=Completion,
+    ),
+    Operation(
+        "/v1/responses",
+        "createResponse",
+        "Response (OpenAI Responses API, text)",
+        "chat",
+        (ResponseRequest,),
+        ResponseObject,
+        stream_event=ResponseStreamEvent,
     ),
     Operation(
         "/v1/embeddings", "createEmbedding", "Embeddings (OpenAI)", "embeddings", (EmbeddingRequest,), EmbeddingList

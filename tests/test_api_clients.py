@@ -34,6 +34,7 @@ VIT, CLIP = "tiny-vit", "tiny-clip"
 MODEL_OF = {
     "ChatCompletionRequest": CHAT,
     "CompletionRequest": CHAT,
+    "ResponseRequest": CHAT,
     "EmbeddingRequest": EMBED,
     "RerankRequest": RERANK,
     "TeiRerankRequest": RERANK,
@@ -45,6 +46,7 @@ MODEL_OF = {
 FUZZED = [
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/responses",
     "/v1/embeddings",
     "/v1/rerank",
     "/v2/rerank",
@@ -54,7 +56,7 @@ FUZZED = [
     "/v1/multimodal/encode",
     "/v1/multimodal/match",
 ]
-# Per operation and mode (valid and invalid bodies): 300 generated cases per POST endpoint, 3000 in
+# Per operation and mode (valid and invalid bodies): 300 generated cases per POST endpoint, 3300 in
 # all, about 2 of the module's 2-3 minutes on two CPU cores (chat, which generates, is the most).
 EXAMPLES = 150
 

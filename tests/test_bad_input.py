@@ -28,6 +28,7 @@ PNG = b64(picture(0, size=(16, 16)))
 ENDPOINTS: dict[str, tuple[str, dict[str, Any]]] = {
     "/v1/chat/completions": ("tiny-llama-chat", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
     "/v1/completions": ("tiny-llama-chat", {"prompt": "hi", "max_tokens": 2}),
+    "/v1/responses": ("tiny-llama-chat", {"input": "hi", "max_output_tokens": 2}),
     "/v1/embeddings": ("tiny-bert-embed", {"input": ["hi"]}),
     "/v1/rerank": ("tiny-bert-reranker", {"query": "q", "documents": ["a", "b"]}),
     "/v1/vision/encode": ("tiny-vit", {"images": [PNG]}),
@@ -40,6 +41,7 @@ ENDPOINTS: dict[str, tuple[str, dict[str, Any]]] = {
 REQUIRED: dict[str, tuple[str, ...]] = {
     "/v1/chat/completions": ("messages",),
     "/v1/completions": ("prompt",),
+    "/v1/responses": ("input",),
     "/v1/embeddings": ("input",),
     "/v1/rerank": ("query", "documents"),
     "/v1/vision/encode": ("images",),
@@ -186,6 +188,22 @@ def cases() -> list[Case]:
     }
     for id_, (body, param) in chat_cases.items():
         out.append(Case(f"chat:{id_}", "/v1/chat/completions", {"model": chat, **body}, 400, param))
+    responses_cases: dict[str, tuple[dict[str, Any], str | None]] = {
+        "input-empty-string": ({"input": ""}, "input"),
+        "input-empty-list": ({"input": []}, "input"),
+        "item-of-unknown-type": ({"input": [{"type": "function_call_output", "call_id": "1", "output": "x"}]}, None),
+        "role-unknown": ({"input": [{"role": "wizard", "content": "hi"}]}, None),
+        "image-part": ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": PNG}]}]}, None),
+        "previous-response-id": ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+        "tools": ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools"),
+        "json-schema-format": ({"input": "hi", "text": {"format": {"type": "json_schema"}}}, "text"),
+        "max-output-tokens-zero": ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+        "max-output-tokens-beyond-context": ({"input": "hi", "max_output_tokens": 100_000}, "max_output_tokens"),
+        "prompt-beyond-context": ({"input": "fox " * 3000}, "input"),
+        "temperature-too-high": ({"input": "hi", "temperature": 5}, "temperature"),
+    }
+    for id_, (body, param) in responses_cases.items():
+        out.append(Case(f"responses:{id_}", "/v1/responses", {"model": chat, **body}, 400, param))
     completion_cases: dict[str, dict[str, Any]] = {
         "prompt-empty-ids": {"prompt": [[]]},
         "prompt-negative-id": {"prompt": [-1, 2]},

@@ -23,12 +23,12 @@ from llmi.protocol.common import PositiveInt, Request, Usage, only, unsupported
 from llmi.protocol.common import Response as ResponseBase
 
 # How a refusal of what only the vLLM engine honours ends (the router passes these fields through to it).
-_VLLM_ONLY = "not supported by llmi's transformers engine (a model served by vLLM accepts it)"
+VLLM_ONLY = "not supported by llmi's transformers engine (a model served by vLLM accepts it)"
 
 # A count of log probabilities (chat's top_logprobs, completions' logprobs): 0 only.
 NoLogprobs = Annotated[
     int,
-    AfterValidator(only(0, f"log probabilities are {_VLLM_ONLY}.")),
+    AfterValidator(only(0, f"log probabilities are {VLLM_ONLY}.")),
     WithJsonSchema({"type": "integer", "const": 0}),
 ]
 
@@ -96,7 +96,7 @@ class SamplingFields(Request):
         Annotated[
             int,
             Field(ge=1),
-            AfterValidator(only(1, f"more than one choice is {_VLLM_ONLY}; send the request again for another.")),
+            AfterValidator(only(1, f"more than one choice is {VLLM_ONLY}; send the request again for another.")),
             WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 1}),
         ]
         | None
@@ -123,7 +123,7 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: (
         Annotated[
             bool,
-            AfterValidator(only(False, f"log probabilities are {_VLLM_ONLY}.")),
+            AfterValidator(only(False, f"log probabilities are {VLLM_ONLY}.")),
             WithJsonSchema({"type": "boolean", "const": False}),
         ]
         | None
@@ -132,7 +132,7 @@ class ChatCompletionRequest(SamplingFields):
     tools: (
         Annotated[
             list[dict[str, Any]],
-            AfterValidator(only([], f"tool calling is {_VLLM_ONLY}.")),
+            AfterValidator(only([], f"tool calling is {VLLM_ONLY}.")),
             WithJsonSchema({"type": "array", "items": {"additionalProperties": True, "type": "object"}, "maxItems": 0}),
         ]
         | None
@@ -152,7 +152,7 @@ class ChatCompletionRequest(SamplingFields):
         if value is not None and value.get("type") != "text":
             kind = value.get("type")
             named = f"type {kind!r}" if isinstance(kind, str) else "a response_format without a string type"
-            raise unsupported(f"{named} is {_VLLM_ONLY}; here only type 'text' is.")
+            raise unsupported(f"{named} is {VLLM_ONLY}; here only type 'text' is.")
         return value
 
     @field_validator("messages")

@@ -32,6 +32,7 @@ from llmi.protocol.common import ErrorResponse
 from llmi.protocol.embeddings import EmbeddingRequest
 from llmi.protocol.models import ModelCard, ModelList
 from llmi.protocol.rerank import RerankRequest, TeiRerankRequest, is_tei
+from llmi.protocol.responses import ResponseRequest
 from llmi.protocol.vision import (
     MultimodalEncodeRequest,
     MultimodalMatchRequest,
@@ -49,6 +50,7 @@ from llmi_router.proxy import Proxy, new_session
 ROUTES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
+    "/v1/responses": ResponseRequest,
     "/v1/embeddings": EmbeddingRequest,
     "/v1/rerank": RerankRequest,
     "/v2/rerank": RerankRequest,

@@ -14,7 +14,7 @@ from llmi import __version__
 from llmi.modeltypes import ENDPOINTS
 from llmi.openapi import add_operations
 from llmi.web import ASGIApp, BodyLimitMiddleware, HeadAsGet, Message, Receive, Scope, Send, install_error_handlers
-from llmi_runtime.api import admin, embeddings, meta, rerank, text, vision
+from llmi_runtime.api import admin, embeddings, meta, rerank, responses, text, vision
 from llmi_runtime.parking import Parker
 from llmi_runtime.state import RuntimeState
 
@@ -72,7 +72,7 @@ def build_app(state: RuntimeState, on_load_failure: Callable[[], None] | None = 
     app = FastAPI(title="llmi runtime", version=__version__, lifespan=lifespan)
     app.state.runtime = state
     app.state.parker = Parker(state)
-    for module in (text, embeddings, rerank, vision, meta, admin):
+    for module in (text, responses, embeddings, rerank, vision, meta, admin):
         app.include_router(module.router)
     install_error_handlers(app)
 

@@ -97,7 +97,7 @@ async def chat_completions(request: Request) -> Response:
                 usage_chunk=lambda u: {**chunk(ChunkDelta(), None), "choices": [], "usage": u},
             )
         )
-    text, last = await unless_client_leaves(request.receive, _collect(state, prompt, params))
+    text, last = await unless_client_leaves(request.receive, collect(state, prompt, params))
     state.metrics.prompt_tokens.labels(CHAT).inc(len(prompt))
     answer = ChatCompletion(
         id=cid,
@@ -157,7 +157,7 @@ async def completions(request: Request) -> Response:
         )
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for index, (prompt_ids, p) in enumerate(zip(ids, params, strict=True)):
-        text, last = await unless_client_leaves(request.receive, _collect(state, prompt_ids, p))
+        text, last = await unless_client_leaves(request.receive, collect(state, prompt_ids, p))
         choices.append(CompletionChoice(text=text, index=index, finish_reason=last.finish_reason))  # type: ignore[arg-type]
         prompt_tokens += len(prompt_ids)
         completion_tokens += last.completion_tokens
@@ -173,7 +173,7 @@ async def completions(request: Request) -> Response:
     return json_response(answer)
 
 
-async def _collect(state: RuntimeState, prompt: list[int], params: SamplingParams) -> tuple[str, Delta]:
+async def collect(state: RuntimeState, prompt: list[int], params: SamplingParams) -> tuple[str, Delta]:
     engine: ChatEngine = state.engine
     parts: list[str] = []
     last = Delta("", 0, "length")

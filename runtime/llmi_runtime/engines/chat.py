@@ -79,13 +79,20 @@ class ChatEngine:
             raise BadRequest(f"Token id {max(ids)} is outside the vocabulary ({self.vocab_size}).", param="prompt")
         return ids
 
-    def token_budget(self, prompt_len: int, requested: int | None, default: int | None) -> int:
-        """How many tokens may be generated; a request that cannot fit the context is a 400."""
+    def token_budget(
+        self,
+        prompt_len: int,
+        requested: int | None,
+        default: int | None,
+        names: tuple[str, str] = ("messages", "max_tokens"),
+    ) -> int:
+        """How many tokens may be generated; a request that cannot fit the context is a 400 whose
+        ``param`` is the prompt's or the limit's field, as ``names`` calls them in this API."""
         room = self.context_length - prompt_len
         if room <= 0:
             raise BadRequest(
                 f"This model's maximum context length is {self.context_length} tokens; the prompt has {prompt_len}.",
-                param="messages",
+                param=names[0],
                 code="context_length_exceeded",
             )
         if requested is None:
@@ -93,8 +100,8 @@ class ChatEngine:
         if requested > room:
             raise BadRequest(
                 f"This model's maximum context length is {self.context_length} tokens; the prompt has "
-                f"{prompt_len} and max_tokens asks for {requested}.",
-                param="max_tokens",
+                f"{prompt_len} and {names[1]} asks for {requested}.",
+                param=names[1],
                 code="context_length_exceeded",
             )
         return requested
