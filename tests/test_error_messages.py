@@ -107,3 +107,26 @@ def test_the_schema_still_says_what_the_transformers_engine_takes() -> None:
 def test_wrong_model_type_reads_as_english() -> None:
     assert "is an embedding model" in WrongModelType("e5", "embedding", "/v1/chat/completions").message
     assert "is a chat model" in WrongModelType("smol", "chat", "/v1/embeddings").message
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize(
+    ("model", "field", "body"),
+    [
+        (ChatCompletionRequest, "temperature", {"messages": HI}),
+        (ChatCompletionRequest, "top_p", {"messages": HI}),
+        (ChatCompletionRequest, "frequency_penalty", {"messages": HI}),
+        (CompletionRequest, "presence_penalty", {"prompt": "hi"}),
+    ],
+)
+def test_nan_and_infinity_are_not_finite_numbers(
+    model: type[BaseModel], field: str, body: dict[str, Any], literal: str
+) -> None:
+    # JSON has no NaN or Infinity, but parsers (Python's, pydantic's) accept them: without the
+    # finite check, NaN read "should be less than or equal to 2", which it is not about.
+    raw = json.dumps({"model": "m", **body})[:-1] + f', "{field}": {literal}}}'
+    with pytest.raises(BadRequest) as caught:
+        parse_json(raw.encode(), model)
+    error = caught.value.body()["error"]
+    assert error["param"] == field
+    assert error["message"] == f"{field}: Input should be a finite number"

@@ -35,9 +35,10 @@ def only(neutral: object, message: str) -> Callable[[Any], Any]:
 
 
 class Request(BaseModel):
-    """Base of every request: unknown fields and wrong JSON types are errors, not guesses."""
+    """Base of every request: unknown fields and wrong JSON types are errors, not guesses, and
+    NaN or Infinity (which JSON lacks, but parsers accept) is "not a finite number", not a range error."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     model: ModelName
 
