@@ -23,6 +23,10 @@ installed (``--litellm``), "litellm" (LiteLLM's proxy in front of the same stand
 3. CPU time of the proxy process per request (Linux's per-process CPU clock), per
    (request, concurrency) cell and their mean; streamed chats apart, per stream.
 
+A fifth side, "own", calls the router's own runtimes on their TCP ports; "router vs own" is the
+router's figure against those, so that only the hop differs (a standalone runtime's speed moves
+by a few tenths of a millisecond from one start to the next).
+
 Each proxy figure is reported next to direct: the ratio and the added milliseconds. Every batch
 runs on each target in each of R rounds, the order alternating between rounds, so drift on a
 noisy machine hits every side alike. ``--quick``: 1 s batches, 2 rounds, 6 streams.
@@ -300,6 +304,7 @@ def summarize(t: Target) -> Row:
         key = kind if c == 1 else f"{kind}_c"  # FIGURES' names
         row[f"{key}_p50_ms"] = 1000 * statistics.median(b.p50_s for b in batches)
         row[f"{key}_p99_ms"] = 1000 * statistics.median(b.p99_s for b in batches)
+        row[f"{key}_p50_ms_by_round"] = [1000 * b.p50_s for b in batches]  # for paired differences
         rate = sum(b.requests for b in batches) / sum(b.seconds for b in batches)
         row[f"{kind}_seq_c_req_s" if c == 1 else f"{kind}_c_req_s"] = rate
     cells = {
@@ -396,6 +401,20 @@ def start_floor(direct: dict[str, str]) -> LiteLLM:
     return _when_listening(LiteLLM(f"http://127.0.0.1:{port}", proc), "", lambda: "")
 
 
+def own_runtimes(serve: ServeProcess) -> dict[str, str]:
+    """The router's own runtimes, called on their TCP ports: the baseline that differs from the
+    router by the hop alone (the standalone runtimes are other processes, whose speed differs
+    from these by a few tenths of a millisecond from start to start)."""
+    urls: dict[str, str] = {}
+    for name in MODELS:
+        pids = serve.runtime_pids(name)
+        if len(pids) != 1:
+            raise RuntimeError(f"expected one runtime of {name} under llmi serve, found {pids}")
+        args = [w for a in Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0") for w in a.decode().split(" ")]
+        urls[name] = f"http://127.0.0.1:{args[args.index('--port') + 1]}"
+    return urls
+
+
 def stop_serve(serve: ServeProcess, keep: set[int]) -> None:
     """Stop `llmi serve`; SIGKILL any of its runtimes that outlived it."""
     serve.stop()
@@ -418,13 +437,26 @@ FIGURES: list[tuple[str, str, str]] = [
 ]
 
 
+def paired(base: Row, proxy: Row, key: str) -> Row:
+    """For a p50 figure, the median over rounds of each round's difference: the two batches of a
+    round ran minutes apart at most, so the machine's drift between rounds cancels out of it."""
+    rounds = f"{key}_by_round"
+    if rounds not in base or rounds not in proxy:
+        return {}
+    return {"paired_added_ms": statistics.median(r - d for d, r in zip(base[rounds], proxy[rounds], strict=True))}
+
+
 def compare(rows: dict[str, Row], concurrency: int) -> dict[str, dict[str, Row]]:
-    """Per proxy and figure: both values, proxy/direct, and the added ms (per request for req/s)."""
+    """Per proxy and figure: both values, proxy/direct, and the added ms (per request for req/s).
+    "router vs own" sets the router against its own runtimes, the others against direct."""
     out: dict[str, dict[str, Row]] = {}
-    for proxy in [name for name in rows if name != "direct"]:
+    pairs = [(name, "direct") for name in rows if name not in ("direct", "own")]
+    if "own" in rows:
+        pairs.insert(1, ("router", "own"))
+    for proxy, base in pairs:
         table: dict[str, Row] = {}
         for label, key, unit in FIGURES:
-            d, r = rows["direct"][key], rows[proxy][key]
+            d, r = rows[base][key], rows[proxy][key]
             added = 1000 / r - 1000 / d if unit == "req/s" else r - d
             table[label.format(c=concurrency)] = {
                 "unit": unit,
@@ -432,6 +464,7 @@ def compare(rows: dict[str, Row], concurrency: int) -> dict[str, dict[str, Row]]
                 proxy: r,
                 "ratio": r / d,
                 "added_ms": added,
+                **paired(rows[base], rows[proxy], key),
             }
         cpu = rows[proxy]["cpu_ms_per_request"]
         table["proxy CPU per request"] = {"unit": "ms", "direct": 0.0, proxy: cpu, "ratio": math.nan, "added_ms": cpu}
@@ -447,7 +480,7 @@ def compare(rows: dict[str, Row], concurrency: int) -> dict[str, dict[str, Row]]
         cpu = rows[proxy]["cpu_ms_per_stream"]
         label = f"proxy CPU per stream of {STREAM_TOKENS} tokens"
         table[label] = {"unit": "ms", "direct": 0.0, proxy: cpu, "ratio": math.nan, "added_ms": cpu}
-        out[proxy] = table
+        out[proxy if base == "direct" else f"{proxy} vs {base}"] = table
     return out
 
 
@@ -458,19 +491,25 @@ def print_table(result: dict[str, Any]) -> None:
         f"batch and target ({c['streams']} streams) in {c['rounds']} alternating rounds, "
         f"concurrency={c['concurrency']}, cpus={c['cpus']}, placement={c['placement']}"
     )
-    for proxy, figures in result["figures"].items():
-        print(f"\n{'figure':50} {'unit':>6} {'direct':>9} {proxy:>9} {proxy + '/direct':>15} {'added ms':>9}")
+    for name, figures in result["figures"].items():
+        proxy, _, base = name.partition(" vs ")
+        base = base or "direct"
+        print(f"\n{'figure':50} {'unit':>6} {base:>9} {proxy:>9} {proxy + '/' + base:>15} {'added ms':>9}")
         for label, f in figures.items():
+            pair = f" (paired {f['paired_added_ms']:+.2f})" if "paired_added_ms" in f else ""
             print(
                 f"  {label:48} {f['unit']:>6} {f['direct']:9.2f} {f[proxy]:9.2f} {f['ratio']:14.2f}x "
-                f"{f['added_ms']:+9.2f}"
+                f"{f['added_ms']:+9.2f}{pair}"
             )
     check = result["checks"]
     print(
         f"\nstreamed text identical on both sides: {'yes' if check['same_stream_text'] else 'NO'}; "
         f"completion tokens per stream: {check['stream_tokens']}"
     )
-    print("added ms = proxy - direct; for req/s rows, the added wall time per request (1000/rate).")
+    print(
+        "added ms = proxy - direct; for req/s rows, the added wall time per request (1000/rate); "
+        "paired: the median over rounds of each round's difference."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -507,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(lambda: stop_serve(serve, {r.proc.pid for r in direct.values()}))
         try:
             models = warm_router(serve, body)
+            own = own_runtimes(serve)  # before the standalone runtimes, which live in the same folder
             # Standalone runtimes started exactly as the router started its own.
             for name in MODELS:
                 flags = ("--type", models[name]["type"], "--placement", models[name]["placement"])
@@ -515,7 +555,11 @@ def main(argv: list[str] | None = None) -> int:
             for runtime in direct.values():
                 wait_ready(runtime)
             print("router_bench: router warm, runtimes ready; measuring", file=sys.stderr)
-            urls = {"direct": {n: r.url for n, r in direct.items()}, "router": dict.fromkeys(MODELS, serve.url)}
+            urls = {
+                "direct": {n: r.url for n, r in direct.items()},
+                "router": dict.fromkeys(MODELS, serve.url),
+                "own": own,
+            }
             pids: dict[str, int | None] = {"router": serve.proc.pid}
             floor = start_floor(urls["direct"])
             stack.callback(lambda: stop_process(floor.proc))
