@@ -91,7 +91,8 @@ class ChatEngine:
         room = self.context_length - prompt_len
         if room <= 0:
             raise BadRequest(
-                f"This model's maximum context length is {self.context_length} tokens; the prompt has {prompt_len}.",
+                f"This model's maximum context length is {self.context_length} tokens; the prompt has {prompt_len} "
+                f"tokens, which leaves none to generate. Shorten {names[0]}.",
                 param=names[0],
                 code="context_length_exceeded",
             )
@@ -100,7 +101,7 @@ class ChatEngine:
         if requested > room:
             raise BadRequest(
                 f"This model's maximum context length is {self.context_length} tokens; the prompt has "
-                f"{prompt_len} and {names[1]} asks for {requested}.",
+                f"{prompt_len} tokens and {names[1]} asks for {requested} more; at most {room} fit.",
                 param=names[1],
                 code="context_length_exceeded",
             )
