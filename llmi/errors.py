@@ -58,6 +58,20 @@ class ModelNotFound(NotFound):
         super().__init__(f"The model '{shown}' does not exist.", param="model")
 
 
+class ResponseNotFound(NotFound):
+    """``client.responses.retrieve`` and ``delete``: llmi answers a response and keeps nothing."""
+
+    code = "response_not_found"
+
+    def __init__(self, response_id: str) -> None:
+        shown = response_id if len(response_id) <= 80 else f"{response_id[:80]}..."
+        super().__init__(
+            f"No response '{shown}' is stored: llmi keeps no responses (store is ignored). "
+            "Keep the output you were sent, and send the whole conversation as input.",
+            param="response_id",
+        )
+
+
 class Conflict(LlmiError):
     """The request contradicts what the resource is doing (parking a model that runs on the CPU)."""
 

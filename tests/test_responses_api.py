@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -98,3 +99,22 @@ def test_through_the_router_and_what_only_vllm_honours_is_refused(serve: ServePr
     assert tools.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
     with pytest.raises(openai.NotFoundError):
         c.responses.create(model="no-such-model", input="hi")
+
+
+def test_retrieving_or_deleting_a_response_says_none_are_kept(serve: ServeProcess) -> None:
+    c = client(serve.url)
+    made = c.responses.create(model=MODEL, input="hello", temperature=0, max_output_tokens=2)
+    for call in (c.responses.retrieve, c.responses.delete):
+        with pytest.raises(openai.NotFoundError) as caught:
+            call(made.id)
+        body = caught.value.body
+        assert isinstance(body, dict)
+        assert body["code"] == "response_not_found"  # not "Invalid URL": the route is known
+        assert body["param"] == "response_id"
+        assert "keeps no responses" in body["message"]
+    spec = httpx.get(f"{serve.url}/openapi.json", timeout=30).json()
+    item = spec["paths"]["/v1/responses/{response_id}"]
+    assert {item["get"]["operationId"], item["delete"]["operationId"]} == {"getResponse", "deleteResponse"}
+    for op in item.values():  # documented as what it always is: a 404 in the error envelope
+        assert op["responses"]["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+        assert not {"200", "422"} & set(op["responses"])

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from llmi import __version__
 from llmi.auth import ApiKeyMiddleware, ApiKeys, load_keys
-from llmi.errors import BadRequest, ClientGone, LlmiError, ModelNotFound, WrongModelType
+from llmi.errors import BadRequest, ClientGone, LlmiError, ModelNotFound, ResponseNotFound, WrongModelType
 from llmi.limits import check_limits, check_pass_through_limits
 from llmi.modeltypes import ENDPOINTS, RERANK_PATHS, ModelType
 from llmi.names import valid_name
@@ -266,6 +266,28 @@ def build_router_app(
             if card.id == model:
                 return card
         raise ModelNotFound(model)
+
+    @app.get(
+        "/v1/responses/{response_id}",
+        operation_id="getResponse",
+        summary="A stored response (llmi stores none)",
+        tags=["responses"],
+        status_code=404,
+        response_description="Always: llmi keeps no responses",
+    )
+    async def get_response(response_id: str) -> ErrorResponse:
+        raise ResponseNotFound(response_id)
+
+    @app.delete(
+        "/v1/responses/{response_id}",
+        operation_id="deleteResponse",
+        summary="Delete a stored response (llmi stores none)",
+        tags=["responses"],
+        status_code=404,
+        response_description="Always: llmi keeps no responses",
+    )
+    async def delete_response(response_id: str) -> ErrorResponse:
+        raise ResponseNotFound(response_id)
 
     @app.get("/v1/health", operation_id="health", summary="Memory, states and problems", tags=["meta"])
     async def health() -> dict[str, Any]:
