@@ -104,7 +104,7 @@ def test_through_the_router_and_what_only_vllm_honours_is_refused(serve: ServePr
 def test_retrieving_or_deleting_a_response_says_none_are_kept(serve: ServeProcess) -> None:
     c = client(serve.url)
     made = c.responses.create(model=MODEL, input="hello", temperature=0, max_output_tokens=2)
-    for call in (c.responses.retrieve, c.responses.delete):
+    for call in (c.responses.retrieve, c.responses.delete, c.responses.input_items.list):
         with pytest.raises(openai.NotFoundError) as caught:
             call(made.id)
         body = caught.value.body
@@ -113,8 +113,10 @@ def test_retrieving_or_deleting_a_response_says_none_are_kept(serve: ServeProces
         assert body["param"] == "response_id"
         assert "keeps no responses" in body["message"]
     spec = httpx.get(f"{serve.url}/openapi.json", timeout=30).json()
-    item = spec["paths"]["/v1/responses/{response_id}"]
+    paths = spec["paths"]
+    item = paths["/v1/responses/{response_id}"]
     assert {item["get"]["operationId"], item["delete"]["operationId"]} == {"getResponse", "deleteResponse"}
-    for op in item.values():  # documented as what it always is: a 404 in the error envelope
+    # Documented as what it always is: a 404 in the error envelope.
+    for op in [*item.values(), paths["/v1/responses/{response_id}/input_items"]["get"]]:
         assert op["responses"]["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
         assert not {"200", "422"} & set(op["responses"])

@@ -267,27 +267,7 @@ def build_router_app(
                 return card
         raise ModelNotFound(model)
 
-    @app.get(
-        "/v1/responses/{response_id}",
-        operation_id="getResponse",
-        summary="A stored response (llmi stores none)",
-        tags=["responses"],
-        status_code=404,
-        response_description="Always: llmi keeps no responses",
-    )
-    async def get_response(response_id: str) -> ErrorResponse:
-        raise ResponseNotFound(response_id)
-
-    @app.delete(
-        "/v1/responses/{response_id}",
-        operation_id="deleteResponse",
-        summary="Delete a stored response (llmi stores none)",
-        tags=["responses"],
-        status_code=404,
-        response_description="Always: llmi keeps no responses",
-    )
-    async def delete_response(response_id: str) -> ErrorResponse:
-        raise ResponseNotFound(response_id)
+    _install_no_stored_responses(app)
 
     @app.get("/v1/health", operation_id="health", summary="Memory, states and problems", tags=["meta"])
     async def health() -> dict[str, Any]:
@@ -317,6 +297,44 @@ def build_router_app(
     app.state.gateway = gateway  # the front door routes ready models past the app (serve_app)
     app.state.keys = ApiKeys(keys)
     return app
+
+
+def _install_no_stored_responses(app: FastAPI) -> None:
+    """What the SDK's ``responses.retrieve``, ``delete`` and ``input_items.list`` call: llmi keeps no
+    responses, so each is a 404 that says so (and not "Invalid URL")."""
+
+    @app.get(
+        "/v1/responses/{response_id}",
+        operation_id="getResponse",
+        summary="A stored response (llmi stores none)",
+        tags=["responses"],
+        status_code=404,
+        response_description="Always: llmi keeps no responses",
+    )
+    async def get_response(response_id: str) -> ErrorResponse:
+        raise ResponseNotFound(response_id)
+
+    @app.delete(
+        "/v1/responses/{response_id}",
+        operation_id="deleteResponse",
+        summary="Delete a stored response (llmi stores none)",
+        tags=["responses"],
+        status_code=404,
+        response_description="Always: llmi keeps no responses",
+    )
+    async def delete_response(response_id: str) -> ErrorResponse:
+        raise ResponseNotFound(response_id)
+
+    @app.get(
+        "/v1/responses/{response_id}/input_items",
+        operation_id="listInputItems",
+        summary="A stored response's input (llmi stores none)",
+        tags=["responses"],
+        status_code=404,
+        response_description="Always: llmi keeps no responses",
+    )
+    async def list_input_items(response_id: str) -> ErrorResponse:
+        raise ResponseNotFound(response_id)
 
 
 def _document(app: FastAPI, paths: list[str]) -> None:
