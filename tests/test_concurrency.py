@@ -11,7 +11,7 @@ import numpy as np
 import openai
 import pytest
 
-from llmi_runtime.worker import ModelWorker
+from llmi_runtime.worker import PASS, ModelWorker, Pass
 from tests.servers import RuntimeProcess
 
 Runtimes = Callable[[str], RuntimeProcess]
@@ -139,6 +139,28 @@ async def test_errors_reach_the_caller_and_the_worker_survives() -> None:
         assert await worker.run(lambda: 42) == 42
     finally:
         worker.close()
+
+
+async def test_a_pass_ends_a_streams_turn_without_an_item() -> None:
+    worker = ModelWorker()
+    turns: list[str] = []
+
+    def passing(tag: str) -> Iterator[str | Pass]:
+        for i in range(3):
+            turns.append(tag)
+            yield PASS if i == 0 else f"{tag}{i}"
+
+    try:
+        a, b = worker.stream(passing("a")), worker.stream(passing("b"))
+        got = await asyncio.gather(_items(a), _items(b))
+    finally:
+        worker.close()
+    assert got == [["a1", "a2"], ["b1", "b2"]]  # the consumer never sees PASS
+    assert turns.count("a") == turns.count("b") == 3  # but each PASS was a turn
+
+
+async def _items(stream) -> list[str]:  # type: ignore[no-untyped-def]
+    return [item async for item in stream]
 
 
 async def _drain(stream) -> int:  # type: ignore[no-untyped-def]

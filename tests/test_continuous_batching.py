@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from transformers import AutoModelForCausalLM
 from llmi_runtime.engines.base import LoadOptions
 from llmi_runtime.engines.chat import ChatEngine
 from llmi_runtime.engines.sampling import Delta, SamplingParams
+from llmi_runtime.worker import ModelWorker
 from tests.servers import start_runtime
 
 PROMPTS = ["the quick brown fox jumps", "a lazy dog", "hello there my friend, how are you today?", "x"]
@@ -155,6 +157,34 @@ def test_closing_a_stream_takes_its_row_out_at_once(engine: ChatEngine) -> None:
     assert engine.batcher.active() == 1
     rest = list(first)
     assert [d.token_id for d in rest] == [d.token_id for d in alone(engine, PROMPTS[0], GREEDY)][2:]
+    assert engine.batcher.active() == 0
+
+
+async def test_streams_the_worker_takes_on_in_one_round_share_one_prefill(engine: ChatEngine) -> None:
+    # Each stream's first turn only joins the batch (PASS): without it, the first of four
+    # arriving together was prefilled alone, then each of the others on its own turn, with
+    # partly filled decode steps between.
+    expected = [alone(engine, p, GREEDY) for p in PROMPTS]
+    worker = ModelWorker()
+    gate = threading.Event()
+    try:
+        busy = asyncio.ensure_future(worker.run(gate.wait))  # the four queue behind a call
+
+        async def collect(text: str) -> list[Delta]:
+            return [d async for d in worker.stream(engine.stream(prompt(engine, text), GREEDY))]
+
+        streams = [asyncio.ensure_future(collect(p)) for p in PROMPTS]
+        await asyncio.sleep(0)  # one turn of the loop: each collect() runs up to its first wait
+        queued = worker.load()
+        assert queued["streams_waiting"] + queued["streams_active"] == len(PROMPTS)
+        prefills = engine.batcher.prefills
+        gate.set()
+        await busy
+        got = await asyncio.gather(*streams)
+    finally:
+        worker.close()
+    assert got == expected
+    assert engine.batcher.prefills - prefills == 1  # one forward prefilled all four
     assert engine.batcher.active() == 0
 
 

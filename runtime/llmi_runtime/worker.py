@@ -21,6 +21,19 @@ T = TypeVar("T")
 _END = object()
 
 
+class Pass:
+    """The type of ``PASS``."""
+
+    def __repr__(self) -> str:
+        return "PASS"
+
+
+PASS = Pass()
+"""Yielded by a stream to end its turn without an item: its consumer is handed nothing. A chat
+generation yields it once it has joined its engine's batch, so that every stream activated in
+one round joins before the next batched step, and they share one prefill."""
+
+
 @dataclass
 class _Call:
     fn: Callable[[], Any]
@@ -66,8 +79,9 @@ class ModelWorker:
             self._cond.notify()
         return await future
 
-    async def stream(self, gen: Iterator[T]) -> AsyncIterator[T]:
-        """Step ``gen`` on the worker thread, one item per turn; stop it if the consumer leaves."""
+    async def stream(self, gen: Iterator[T | Pass]) -> AsyncIterator[T]:
+        """Step ``gen`` on the worker thread, one item per turn (``PASS`` yields the turn with
+        none); stop it if the consumer leaves."""
         loop = asyncio.get_running_loop()
         handle: _Stream[T] = _Stream(gen, loop, asyncio.Queue())
         with self._cond:
@@ -141,6 +155,8 @@ class ModelWorker:
             return False
         try:
             item = next(stream.gen)
+            if item is PASS:
+                return True
         except StopIteration:
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, _END)
             return False

@@ -133,7 +133,7 @@ async def _events(
     pieces: list[str] = []
     final = Delta("", 0, "length")
     try:
-        async for delta in state.worker.stream(engine.generate(prompt, params)):
+        async for delta in state.worker.stream(engine.stream(prompt, params)):
             if delta.text:
                 pieces.append(delta.text)
                 yield event("response.output_text.delta", **part, delta=delta.text, logprobs=[])

@@ -177,7 +177,7 @@ async def collect(state: RuntimeState, prompt: list[int], params: SamplingParams
     engine: ChatEngine = state.engine
     parts: list[str] = []
     last = Delta("", 0, "length")
-    async for delta in state.worker.stream(engine.generate(prompt, params)):
+    async for delta in state.worker.stream(engine.stream(prompt, params)):
         parts.append(delta.text)
         last = delta
     state.metrics.completion_tokens.inc(last.completion_tokens)
@@ -201,7 +201,7 @@ async def _stream_events(
         yield sse_event(first())
     final = Delta("", 0, "length")
     try:
-        async for delta in state.worker.stream(engine.generate(prompt, params)):
+        async for delta in state.worker.stream(engine.stream(prompt, params)):
             event = piece(delta)
             if event is not None:
                 yield sse_event(event)

@@ -23,6 +23,7 @@ from llmi_runtime.engines.base import LoadOptions, module_facts, place
 from llmi_runtime.engines.continuous import ContinuousBatcher
 from llmi_runtime.engines.sampling import Delta, SamplingParams
 from llmi_runtime.engines.text_tracker import TextTracker as _TextTracker
+from llmi_runtime.worker import Pass
 
 __all__ = ["ChatEngine", "Delta", "SamplingParams", "_TextTracker"]
 
@@ -129,10 +130,21 @@ class ChatEngine:
 
     # -- generation ---------------------------------------------------------------------
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
-        """Yield one Delta per generated token (text may be empty while it is held back); the
-        generation shares forward passes with every other one running on this engine."""
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta | Pass]:
+        """For the ModelWorker: one Delta per generated token (text may be empty while it is held
+        back), after a ``PASS`` that joins the batch; the generation shares forward passes with
+        every other one running on this engine."""
         return self.batcher.stream(prompt_ids, params)
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
+        """``stream`` without its ``PASS``, for a caller that steps generations itself."""
+        inner = self.batcher.stream(prompt_ids, params)
+        try:
+            for item in inner:
+                if not isinstance(item, Pass):
+                    yield item
+        finally:
+            inner.close()  # closing this one takes the generation out of the batch at once
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)

@@ -14,7 +14,11 @@ batched decode step over the model's own forward with a left-padded DynamicCache
 
 Each request is a generator (``stream``) the ModelWorker steps in turn: stepping one whose
 next Delta is not computed yet runs ``step()`` for the whole batch, so one round of the worker
-is one batched forward. All state here is touched only from the worker thread.
+is one batched forward. A new generator's first turn only joins (it yields ``PASS``): streams
+the worker took on in one round are all pending at the next step and share one prefill, where
+each used to run its own, with partly filled decode steps between (four streams arriving
+together ran at 0.94x batched ``generate``; aligned, at 1.0x). All state here is touched only
+from the worker thread.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from transformers.cache_utils import DynamicLayer
 
 from llmi_runtime.engines.sampling import Delta, SamplingParams
 from llmi_runtime.engines.text_tracker import TextTracker
+from llmi_runtime.worker import PASS, Pass
 
 # Temperatures this small would overflow the softmax; they mean "greedy" (as in vLLM).
 GREEDY_BELOW = 1e-5
@@ -84,16 +89,19 @@ class ContinuousBatcher:
         self._pending: list[_Sequence] = []
         self._batches: list[_Batch] = []
         self.steps = 0  # batched steps run
+        self.prefills = 0  # prefill forwards run
         self.largest_batch = 0  # most sequences decoded in one forward
         self.observe: Callable[[int], None] | None = None  # told the size of each decode forward
 
     # -- one request --------------------------------------------------------------------
 
-    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta]:
-        """Yield one Delta per generated token; closing the generator takes it out of the batch."""
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Delta | Pass]:
+        """``PASS`` once joined, then one Delta per generated token; closing the generator takes it
+        out of the batch."""
         seq = self._new_sequence(prompt_ids, params)
         self._pending.append(seq)
         try:
+            yield PASS  # the others the worker took on in this round join before the first step
             while True:
                 while not seq.out:
                     self.step()
@@ -138,6 +146,7 @@ class ContinuousBatcher:
         return [self._prefill_batch(seqs)]
 
     def _prefill_batch(self, seqs: list[_Sequence]) -> _Batch:
+        self.prefills += 1
         width = max(len(s.prompt) for s in seqs)
         ids = torch.zeros((len(seqs), width), dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
