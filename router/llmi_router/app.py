@@ -303,38 +303,25 @@ def _install_no_stored_responses(app: FastAPI) -> None:
     """What the SDK's ``responses.retrieve``, ``delete`` and ``input_items.list`` call: llmi keeps no
     responses, so each is a 404 that says so (and not "Invalid URL")."""
 
-    @app.get(
-        "/v1/responses/{response_id}",
-        operation_id="getResponse",
-        summary="A stored response (llmi stores none)",
-        tags=["responses"],
-        status_code=404,
-        response_description="Always: llmi keeps no responses",
-    )
-    async def get_response(response_id: str) -> ErrorResponse:
+    async def no_response(response_id: str) -> ErrorResponse:
         raise ResponseNotFound(response_id)
 
-    @app.delete(
-        "/v1/responses/{response_id}",
-        operation_id="deleteResponse",
-        summary="Delete a stored response (llmi stores none)",
-        tags=["responses"],
-        status_code=404,
-        response_description="Always: llmi keeps no responses",
-    )
-    async def delete_response(response_id: str) -> ErrorResponse:
-        raise ResponseNotFound(response_id)
-
-    @app.get(
-        "/v1/responses/{response_id}/input_items",
-        operation_id="listInputItems",
-        summary="A stored response's input (llmi stores none)",
-        tags=["responses"],
-        status_code=404,
-        response_description="Always: llmi keeps no responses",
-    )
-    async def list_input_items(response_id: str) -> ErrorResponse:
-        raise ResponseNotFound(response_id)
+    stored = "/v1/responses/{response_id}"
+    for method, path, operation_id, summary in (
+        ("GET", stored, "getResponse", "A stored response (llmi stores none)"),
+        ("DELETE", stored, "deleteResponse", "Delete a stored response (llmi stores none)"),
+        ("GET", f"{stored}/input_items", "listInputItems", "A stored response's input (llmi stores none)"),
+    ):
+        app.add_api_route(
+            path,
+            no_response,
+            methods=[method],
+            operation_id=operation_id,
+            summary=summary,
+            tags=["responses"],
+            status_code=404,
+            response_description="Always: llmi keeps no responses",
+        )
 
 
 def _document(app: FastAPI, paths: list[str]) -> None:
