@@ -57,7 +57,7 @@ import httpx
 import transformers
 
 from bench.runtime_bench import CHAT_MODEL, EMBED_MODEL, MESSAGES, Row, ensure_models
-from tests.serve_process import ServeProcess, start_serve
+from tests.serve_process import ServeProcess, runtime_args, start_serve
 from tests.servers import RuntimeProcess, free_port, runtime_env, start_runtime, stop_process, wait_ready
 from tests.tiny_models import IM_END
 
@@ -410,7 +410,7 @@ def own_runtimes(serve: ServeProcess) -> dict[str, str]:
         pids = serve.runtime_pids(name)
         if len(pids) != 1:
             raise RuntimeError(f"expected one runtime of {name} under llmi serve, found {pids}")
-        args = [w for a in Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0") for w in a.decode().split(" ")]
+        args = runtime_args(pids[0])
         urls[name] = f"http://127.0.0.1:{args[args.index('--port') + 1]}"
     return urls
 

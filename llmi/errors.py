@@ -59,7 +59,8 @@ class ModelNotFound(NotFound):
 
 
 class ResponseNotFound(NotFound):
-    """``client.responses.retrieve`` and ``delete``: llmi answers a response and keeps nothing."""
+    """``client.responses.retrieve``, ``delete`` and ``input_items.list``: llmi answers a response
+    and keeps nothing."""
 
     code = "response_not_found"
 

@@ -27,11 +27,9 @@ class ServeProcess:
             if not entry.name.isdigit():
                 continue
             try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                args = runtime_args(int(entry.name))
             except OSError:
                 continue
-            # Forked runtimes carry their arguments in one process title ("llmi runtime --model ...").
-            args = [word for a in argv for word in a.decode(errors="replace").split(" ")]
             ours = "runtime" in args and any(a.startswith(str(self.models_dir)) for a in args)
             named = model is None or ("--name" in args and args[args.index("--name") + 1] == model)
             if ours and named:
@@ -40,6 +38,13 @@ class ServeProcess:
 
     def stop(self) -> int:
         return stop_process(self.proc)
+
+
+def runtime_args(pid: int) -> list[str]:
+    """A process's arguments, word by word: forked runtimes carry theirs in one process title
+    ("llmi runtime --model ...")."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return [word for a in argv for word in a.decode(errors="replace").split(" ")]
 
 
 def model_folder(tiny_models: dict[str, Path], root: Path, names: list[str], memory: str | None = None) -> Path:
