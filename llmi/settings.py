@@ -123,6 +123,11 @@ class Settings(BaseSettings):
         description="How long (milliseconds) an encoder request waits for others to share its batch when the "
         "model is idle; 0 batches only what arrives while the model is busy.",
     )
+    cpu_packed_weights: bool = Field(
+        True,
+        description="Pack a float32 CPU model's linear weights for oneDNN once it is ready (one layer at a "
+        "time between requests): 1.2-2x faster matmuls; off keeps plain nn.Linear.",
+    )
     max_batch_items: int = Field(
         256,
         ge=1,

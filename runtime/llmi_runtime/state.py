@@ -11,16 +11,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from llmi.errors import ModelNotFound, Unavailable, WrongModelType
 from llmi.modeltypes import ENDPOINTS, ModelType
 from llmi.settings import Settings
 from llmi_runtime.admission import Admission
 from llmi_runtime.batching import Batching, BatchPolicy, Preparer
-from llmi_runtime.engines import load_engine
+from llmi_runtime.engines import load_engine, packed_linear
 from llmi_runtime.engines.base import LoadOptions
 from llmi_runtime.memory import MemoryProbe, estimated_bytes, probe_for
 from llmi_runtime.metrics import RuntimeMetrics
-from llmi_runtime.worker import ModelWorker
+from llmi_runtime.worker import ModelWorker, WorkerClosed
 
 log = logging.getLogger("llmi.runtime")
 
@@ -53,6 +55,7 @@ class RuntimeState:
     started: float = field(default_factory=time.monotonic)
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # set once loading ends, either way
     created: int = field(default_factory=lambda: int(time.time()))
+    packing: packed_linear.Progress | None = None  # set when the weights are being or were packed
 
     def __post_init__(self) -> None:
         self.worker = ModelWorker(max_streams=self.settings.max_concurrent_sequences)
@@ -67,11 +70,38 @@ class RuntimeState:
         self.prepare = Preparer()
 
     async def load(self) -> None:
-        """Load on the worker thread, which then owns the model."""
+        """Load on the worker thread, which then owns the model; then pack its weights there."""
         try:
             await self._load()
         finally:
             self.settled.set()
+        await self._pack_weights()
+
+    async def _pack_weights(self) -> None:
+        """Once ready, a float32 CPU model's linear layers are packed one per worker turn, so the
+        requests already being served wait for one layer's copy at most (``packed_linear``)."""
+        model = getattr(self.engine, "model", None)
+        wanted = self.settings.cpu_packed_weights and getattr(self.engine, "placement", None) == "cpu"
+        if not (wanted and isinstance(model, torch.nn.Module) and packed_linear.available()):
+            return
+        self.packing = progress = packed_linear.Progress()
+        t0 = time.monotonic()
+        try:
+            async for _ in self.worker.stream(packed_linear.pack_steps(model, progress)):
+                pass
+        except WorkerClosed:
+            return
+        except Exception as exc:  # the model keeps serving with what was packed
+            log.warning("packing the weights of %s stopped: %s", self.name, exc)
+            return
+        log.info(
+            "packed %d of %d linear layers of %s in %.2fs (%d activations fused)",
+            progress.packed,
+            progress.total,
+            self.name,
+            time.monotonic() - t0,
+            progress.fused,
+        )
 
     async def _load(self) -> None:
         log.info("loading %s (%s) from %s", self.name, self.model_type, self.path)
@@ -133,6 +163,8 @@ class RuntimeState:
             "memory": self.probe.read().as_json(),
             "in_flight": self.admission.in_flight,
         }
+        if self.packing is not None:
+            body["packed_weights"] = self.packing.as_json()
         if self.engine is not None:
             body.update(self.engine.info())
         if self.error:

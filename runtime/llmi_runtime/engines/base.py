@@ -10,6 +10,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from llmi.modeltypes import ModelType
+from llmi_runtime.engines.packed_linear import packed_parameters
 
 Placement = Literal["gpu", "offload", "cpu"]
 DTYPES: dict[str, torch.dtype] = {
@@ -82,7 +83,7 @@ class Engine(Protocol):
 
 def module_facts(module: torch.nn.Module, device: torch.device, placement: Placement) -> dict[str, Any]:
     """Parameters, memory in use and dtype of a loaded module, for /v1/health."""
-    params = sum(p.numel() for p in module.parameters())
+    params = sum(p.numel() for p in module.parameters()) + packed_parameters(module)
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
         b.numel() * b.element_size() for b in module.buffers()
     )
