@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,7 @@ def module_facts(module: torch.nn.Module, device: torch.device, placement: Place
         "parameters": params,
         "weights_bytes": weight_bytes,
         "memory_bytes": weight_bytes,
-        "dtype": str(next(module.parameters()).dtype).removeprefix("torch."),
+        "dtype": str(next(itertools.chain(module.parameters(), module.buffers())).dtype).removeprefix("torch."),
     }
     if device.type == "cuda":
         facts["memory_bytes"] = torch.cuda.memory_allocated(device)
