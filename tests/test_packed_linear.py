@@ -159,9 +159,19 @@ async def test_a_cpu_runtime_packs_after_it_is_ready_and_says_so(tiny_models: di
         state.close()
 
 
-async def test_packing_can_be_turned_off(tiny_models: dict[str, Path]) -> None:
-    settings = Settings(cpu_packed_weights=False)
-    state = RuntimeState("m", ModelType.EMBEDDING, tiny_models["tiny-bert-embed"], LoadOptions(device="cpu"), settings)
+@pytest.mark.parametrize(
+    ("settings", "options"),
+    [
+        (Settings(cpu_packed_weights=False), LoadOptions(device="cpu")),
+        # A model's own code may read a linear's weight as a plain tensor.
+        (Settings(), LoadOptions(device="cpu", trust_remote_code=True)),
+    ],
+    ids=["turned-off", "remote-code"],
+)
+async def test_packing_is_skipped_when_off_or_for_remote_code(
+    tiny_models: dict[str, Path], settings: Settings, options: LoadOptions
+) -> None:
+    state = RuntimeState("m", ModelType.EMBEDDING, tiny_models["tiny-bert-embed"], options, settings)
     try:
         await state.load()
         assert state.phase is Phase.READY

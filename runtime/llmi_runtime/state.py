@@ -79,9 +79,11 @@ class RuntimeState:
 
     async def _pack_weights(self) -> None:
         """Once ready, a float32 CPU model's linear layers are packed one per worker turn, so the
-        requests already being served wait for one layer's copy at most (``packed_linear``)."""
+        requests already being served wait for one layer's copy at most (``packed_linear``). Not
+        for a model that runs its own code: it may read a linear's ``weight`` as a plain tensor."""
         model = getattr(self.engine, "model", None)
-        wanted = self.settings.cpu_packed_weights and getattr(self.engine, "placement", None) == "cpu"
+        on_cpu = getattr(self.engine, "placement", None) == "cpu"
+        wanted = self.settings.cpu_packed_weights and on_cpu and not self.options.trust_remote_code
         if not (wanted and isinstance(model, torch.nn.Module) and packed_linear.available()):
             return
         self.packing = progress = packed_linear.Progress()
