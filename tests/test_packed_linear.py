@@ -192,10 +192,11 @@ def file_mapped(path: Path, rows: int = 256) -> torch.Tensor:
 
 def test_a_packed_weights_file_pages_are_dropped_only_when_nothing_else_uses_them(tmp_path: Path) -> None:
     weight = file_mapped(tmp_path / "w.bin")
-    pages = FileMappedPages.of_this_process()
-    assert pages.release(weight, others=[weight[:1]]) == 0  # a live view shares the bytes
-    assert pages.release(torch.zeros(256, 256), others=[]) == 0  # not mapped from a file
-    dropped = pages.release(weight, others=[])
+    shared = FileMappedPages.of_this_process([weight, weight[:1]])
+    assert shared.release(weight) == 0  # a live view shares the bytes
+    anonymous = torch.zeros(256, 256)
+    assert FileMappedPages.of_this_process([anonymous]).release(anonymous) == 0  # not mapped from a file
+    dropped = FileMappedPages.of_this_process([weight]).release(weight)
     assert dropped >= 256 * 256 * 4 - 2 * FileMappedPages.PAGE
     assert torch.equal(weight.flatten(), torch.arange(256 * 256, dtype=torch.float32))  # read back from the file
 

@@ -31,7 +31,8 @@ class Pass:
 PASS = Pass()
 """Yielded by a stream to end its turn without an item: its consumer is handed nothing. A chat
 generation yields it once it has joined its engine's batch, so that every stream activated in
-one round joins before the next batched step, and they share one prefill."""
+one round joins before the next batched step, and they share one prefill; the weight packer
+(``engines/packed_linear``) yields it after each layer."""
 
 
 @dataclass

@@ -107,13 +107,12 @@ def pack_steps(model: nn.Module, progress: Progress | None = None) -> Iterator[P
     progress = progress if progress is not None else Progress()
     todo = packable(model)
     progress.total = len(todo)
-    pages = FileMappedPages.of_this_process()
+    pages = FileMappedPages.of_this_process([t for t in (*model.parameters(), *model.buffers()) if not t.is_mkldnn])
     for parent, name in todo:
         linear = getattr(parent, name)
         packed = PackedLinear(linear)
         setattr(parent, name, packed)
-        others = [t for t in (*model.parameters(), *model.buffers()) if not t.is_mkldnn]
-        pages.release(linear.weight, others)
+        pages.release(linear.weight)
         del linear  # the old weight is freed here, unless someone else holds it
         progress.packed += 1
         progress.fused += _fuse(parent, name, packed)
@@ -126,12 +125,14 @@ class FileMappedPages:
     PAGE = mmap.PAGESIZE
     MADV_DONTNEED = 4
 
-    def __init__(self, mappings: list[tuple[int, int]]) -> None:
+    def __init__(self, mappings: list[tuple[int, int]], tensors: list[torch.Tensor]) -> None:
         self.mappings = mappings  # (start, end) of private file mappings
+        self._in_use = Counter(_span(t) for t in tensors)  # the model's storages, taken once
         self._madvise = _libc_madvise()
 
     @classmethod
-    def of_this_process(cls) -> FileMappedPages:
+    def of_this_process(cls, tensors: list[torch.Tensor]) -> FileMappedPages:
+        """Its file mappings now, and the storages of ``tensors`` (the model's), whose bytes stay."""
         found = []
         try:
             lines = Path("/proc/self/maps").read_text().splitlines()
@@ -142,24 +143,27 @@ class FileMappedPages:
             if len(fields) >= 6 and fields[1].endswith("p") and fields[5].startswith("/"):
                 start, end = (int(x, 16) for x in fields[0].split("-"))
                 found.append((start, end))
-        return cls(found)
+        return cls(found, tensors)
 
-    def release(self, tensor: torch.Tensor, others: list[torch.Tensor]) -> int:
-        """Drop the whole pages of ``tensor``'s storage that lie in a file mapping and that no
-        tensor in ``others`` uses; the bytes dropped."""
-        storage = tensor.untyped_storage()
-        start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+    def release(self, tensor: torch.Tensor) -> int:
+        """Drop the whole pages of ``tensor``'s storage that lie in a file mapping, unless another
+        of the model's tensors uses those bytes; the bytes dropped."""
+        start, end = own = _span(tensor)
         if self._madvise is None or not any(a <= start and end <= b for a, b in self.mappings):
             return 0
-        for other in others:
-            o = other.untyped_storage()
-            if o.data_ptr() < end and start < o.data_ptr() + o.nbytes():
-                return 0  # a live tensor shares these bytes
+        if self._in_use[own] > 1 or any(a < end and start < b for a, b in self._in_use if (a, b) != own):
+            return 0  # a live tensor shares these bytes
         first = -(-start // self.PAGE) * self.PAGE
         last = end // self.PAGE * self.PAGE
         if last <= first or self._madvise(ctypes.c_void_p(first), last - first, self.MADV_DONTNEED) != 0:
             return 0
         return last - first
+
+
+def _span(tensor: torch.Tensor) -> tuple[int, int]:
+    """The bytes of a tensor's storage: (start, end) addresses."""
+    storage = tensor.untyped_storage()
+    return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
 
 
 def _libc_madvise() -> Callable[..., int] | None:
